@@ -1,0 +1,124 @@
+"""The session-storage API: thin views that parse, call the vault, and return."""
+
+from __future__ import annotations
+
+from flask import current_app, g, request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from .schemas import (
+    Cleared,
+    CurrentToken,
+    Deleted,
+    PageQuery,
+    TokenCreate,
+    TokenCreated,
+    TokenDetail,
+    TokenPage,
+    TokenRefresh,
+    TokenSummary,
+    UserQuery,
+    Validity,
+)
+from .vault import TokenVault
+
+PREFIX = "/api/v1/session-storage"
+CLEARED_MESSAGE = "All session tokens cleared from secure storage"
+
+blp = Blueprint(
+    "session-storage",
+    __name__,
+    url_prefix=PREFIX,
+    description="Session tokens kept encrypted in Redis, each living as long as its expiry says.",
+)
+
+
+def vault() -> TokenVault:
+    return current_app.extensions["sessionsvc"]
+
+
+@blp.before_request
+def require_json_body():
+    if request.method in ("POST", "PUT") and not request.is_json:
+        abort(415, message="Request body must be JSON (Content-Type: application/json).")
+
+
+@blp.route("")
+class TokenCollection(MethodView):
+    @blp.arguments(PageQuery, location="query", as_kwargs=True)
+    @blp.response(200, TokenPage)
+    def get(self, page: int, limit: int, user_id: str | None):
+        """List stored tokens, most recently saved first (previews only)."""
+        total, records = vault().page(page, limit, user_id)
+        return {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
+
+    @blp.arguments(TokenCreate)
+    @blp.response(201, TokenCreated)
+    def post(self, body: dict):
+        """Store a token for a user."""
+        record = vault().save(body["user_id"], body["token"], body["expires_at"])
+        return record, 201, {"Location": url_for(".TokenItem", record_id=record.id)}
+
+    @blp.arguments(UserQuery, location="query", as_kwargs=True)
+    @blp.response(200, Cleared)
+    def delete(self, user_id: str | None):
+        """Clear every stored token (or one user's)."""
+        count = vault().clear(user_id)
+        return {"cleared": True, "message": CLEARED_MESSAGE, "count": count}
+
+
+@blp.route("/current")
+class CurrentTokenView(MethodView):
+    @blp.arguments(UserQuery, location="query", as_kwargs=True)
+    @blp.response(200, CurrentToken)
+    def get(self, user_id: str | None):
+        """The most recently saved token still held (optionally for one user)."""
+        revealed = vault().current(user_id)
+        if revealed is None:
+            abort(404, message="No session token is stored.")
+        g.record_id = revealed.record.id
+        record = revealed.record
+        return {"token": revealed.token, "expires_at": record.expires_at, "is_valid": record.is_valid}
+
+
+@blp.route("/validity")
+class ValidityView(MethodView):
+    @blp.arguments(UserQuery, location="query", as_kwargs=True)
+    @blp.response(200, Validity)
+    def get(self, user_id: str | None):
+        """Whether the current token is still valid, and for how long."""
+        record = vault().validity(user_id)
+        if record is None:
+            return {"is_valid": False, "expires_at": None, "seconds_remaining": 0}
+        return record
+
+
+@blp.route("/<record_id>")
+class TokenItem(MethodView):
+    @blp.response(200, TokenDetail)
+    def get(self, record_id: str):
+        """One stored token, in full."""
+        g.record_id = record_id
+        revealed = vault().reveal(record_id)
+        record = revealed.record
+        return {
+            "id": record.id,
+            "user_id": record.user_id,
+            "token": revealed.token,
+            "expires_at": record.expires_at,
+            "is_valid": record.is_valid,
+            "saved_at": record.saved_at,
+        }, 200, {"ETag": f'"{record.version}"'}
+
+    @blp.arguments(TokenRefresh)
+    @blp.response(200, TokenSummary)
+    def put(self, body: dict, record_id: str):
+        """Replace a record's token and expiry (refresh)."""
+        record = vault().refresh(record_id, body["token"], body["expires_at"])
+        return record, 200, {"ETag": f'"{record.version}"'}
+
+    @blp.response(200, Deleted)
+    def delete(self, record_id: str):
+        """Delete one stored token."""
+        vault().delete(record_id)
+        return {"deleted": True, "id": record_id}

@@ -1,0 +1,157 @@
+"""Every setting of the service: its environment variable, its default and its parsing.
+
+`Config.from_env()` reads the process environment once at start-up; tests build a
+`Config` directly with the overrides they need. `Config.check()` refuses unsafe
+production settings with a message naming the variable and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Mapping
+
+KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or unsafe; the message names the variable."""
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _int(value: str, name: str, minimum: int = 0) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {number}")
+    return number
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: must be positive, got {number}")
+    return number
+
+
+def _list(value: str, name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings; field metadata names the environment variable that sets each one."""
+
+    env: str = field(default="development", metadata={"env": "SESSIONSVC_ENV"})
+    redis_url: str | None = field(default=None, metadata={"env": "SESSIONSVC_REDIS_URL"})
+    redis_sentinels: tuple[str, ...] = field(
+        default=(), metadata={"env": "SESSIONSVC_REDIS_SENTINELS", "parse": _list}
+    )
+    redis_sentinel_service: str = field(
+        default="mymaster", metadata={"env": "SESSIONSVC_REDIS_SENTINEL_SERVICE"}
+    )
+    redis_cluster: bool = field(
+        default=False, metadata={"env": "SESSIONSVC_REDIS_CLUSTER", "parse": _bool}
+    )
+    redis_timeout_seconds: float = field(
+        default=1.0, metadata={"env": "SESSIONSVC_REDIS_TIMEOUT_SECONDS", "parse": _float}
+    )
+    redis_max_connections: int = field(
+        default=50, metadata={"env": "SESSIONSVC_REDIS_MAX_CONNECTIONS", "parse": _int}
+    )
+    encryption_keys: tuple[str, ...] = field(
+        default=(), metadata={"env": "SESSIONSVC_ENCRYPTION_KEYS", "parse": _list}
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(), metadata={"env": "SESSIONSVC_API_KEYS", "parse": _list}
+    )
+    allow_public: bool = field(
+        default=False, metadata={"env": "SESSIONSVC_ALLOW_PUBLIC", "parse": _bool}
+    )
+    key_prefix: str = field(default="sessionsvc", metadata={"env": "SESSIONSVC_KEY_PREFIX"})
+    retention_seconds: int = field(
+        default=86400, metadata={"env": "SESSIONSVC_RETENTION_SECONDS", "parse": _int}
+    )
+    max_ttl_seconds: int = field(
+        default=2592000, metadata={"env": "SESSIONSVC_MAX_TTL_SECONDS", "parse": _int}
+    )
+    max_body_bytes: int = field(
+        default=64 * 1024, metadata={"env": "SESSIONSVC_MAX_BODY_BYTES", "parse": _int}
+    )
+    retry_after_seconds: int = field(
+        default=1, metadata={"env": "SESSIONSVC_RETRY_AFTER_SECONDS", "parse": _int}
+    )
+    log_level: str = field(default="INFO", metadata={"env": "SESSIONSVC_LOG_LEVEL"})
+    cors_origins: tuple[str, ...] = field(
+        default=(), metadata={"env": "SESSIONSVC_CORS_ORIGINS", "parse": _list}
+    )
+    rate_limit: str | None = field(default=None, metadata={"env": "SESSIONSVC_RATE_LIMIT"})
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def embedded_store(self) -> bool:
+        """No Redis configured: run on an in-process fakeredis (development only)."""
+        return not self.redis_url and not self.redis_sentinels
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for setting in fields(cls):
+            name = setting.metadata["env"]
+            raw = environ.get(name)
+            if raw is None and name == "SESSIONSVC_REDIS_URL":
+                raw = environ.get("REDIS_URL")
+            if raw is None or not raw.strip():
+                continue
+            parse = setting.metadata.get("parse")
+            values[setting.name] = parse(raw, name) if parse else raw.strip()
+        return cls(**values)
+
+    def with_overrides(self, **overrides: object) -> "Config":
+        return replace(self, **overrides)
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first unsafe or invalid setting."""
+        if self.env not in ("development", "production"):
+            raise ConfigError(f"SESSIONSVC_ENV: expected development or production, got {self.env!r}")
+        if not KEY_PREFIX_PATTERN.match(self.key_prefix):
+            raise ConfigError(
+                "SESSIONSVC_KEY_PREFIX: 1-64 characters of letters, digits, '_', '.', ':' or '-' "
+                "(braces are added by the store to form the hash tag)"
+            )
+        if self.max_ttl_seconds < 1:
+            raise ConfigError("SESSIONSVC_MAX_TTL_SECONDS: must be at least 1")
+        if self.production:
+            if self.embedded_store:
+                raise ConfigError(
+                    "SESSIONSVC_REDIS_URL: production needs a real Redis; the embedded store "
+                    "keeps tokens in one process's memory and loses them on restart"
+                )
+            if not self.encryption_keys:
+                raise ConfigError(
+                    "SESSIONSVC_ENCRYPTION_KEYS: production needs explicit encryption keys "
+                    "(generate one with `flask --app wsgi generate-key`)"
+                )
+            if not self.api_keys and not self.allow_public:
+                raise ConfigError(
+                    "SESSIONSVC_API_KEYS: production refuses to serve a public token store; set "
+                    "API keys, or SESSIONSVC_ALLOW_PUBLIC=true to accept the risk explicitly"
+                )

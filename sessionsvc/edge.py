@@ -1,0 +1,78 @@
+"""What every request passes through: the path alias, request ids, authentication and
+response headers. Nothing here knows about tokens beyond keeping them out of caches."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+
+from flask import Flask, Response, g, request
+from flask_smorest import abort
+
+from .api import PREFIX
+
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics")
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+class DoubledPrefixAlias:
+    """Serves the contract's doubled paths (``PREFIX + PREFIX + ...``) by one rewrite."""
+
+    def __init__(self, wsgi_app, prefix: str = PREFIX):
+        self.wsgi_app = wsgi_app
+        self.doubled = prefix + prefix
+        self.prefix_length = len(prefix)
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(self.doubled) and (len(path) == len(self.doubled) or path[len(self.doubled)] == "/"):
+            environ["PATH_INFO"] = path[self.prefix_length :]
+        return self.wsgi_app(environ, start_response)
+
+
+def install(app: Flask, api_keys: tuple[str, ...]) -> None:
+    app.wsgi_app = DoubledPrefixAlias(app.wsgi_app)
+    encoded_keys = [key.encode() for key in api_keys]
+
+    @app.before_request
+    def assign_request_id():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+
+    if encoded_keys:
+
+        @app.before_request
+        def authenticate():
+            if not request.path.startswith("/api/"):
+                return None
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            presented_bytes = presented.strip().encode("utf-8", "replace")
+            matched = False
+            for key in encoded_keys:  # every key compared, in constant time
+                matched |= hmac.compare_digest(presented_bytes, key)
+            if scheme.lower() != "bearer" or not matched:
+                abort(
+                    401,
+                    message="A valid API key is required (Authorization: Bearer <key>).",
+                    headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'},
+                )
+            g.client_key_id = hmac.new(b"sessionsvc client", presented_bytes, "sha256").hexdigest()[:8]
+            return None
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        headers = response.headers
+        headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        if not request.path.startswith("/docs/assets/"):
+            headers["Cache-Control"] = "no-store"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers.setdefault("Content-Security-Policy", DOCS_CSP if request.path.startswith("/docs") else API_CSP)
+        return response

@@ -1,0 +1,85 @@
+"""One error shape for everything: flask-smorest's ``{code, status, message, errors?}``.
+
+Domain errors from the store and the cipher are mapped to HTTP here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, current_app, g
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES
+
+from .crypto import DecryptionError
+from .store import NotFound, PreconditionFailed, StoreUnavailable
+
+log = logging.getLogger("sessionsvc")
+
+MESSAGES = {
+    400: "The request body is not valid JSON.",
+    404: "Not found.",
+    405: "Method not allowed on this resource.",
+    413: "Request body too large.",
+    415: "Request body must be JSON (Content-Type: application/json).",
+    422: "The request has invalid fields; see errors.",
+    500: "Internal error.",
+}
+
+
+def error_body(code: int, message: str, errors: Any = None) -> dict:
+    body = {"code": code, "status": HTTP_STATUS_CODES.get(code, "Unknown Error"), "message": message}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+class ServiceApi(Api):
+    """flask-smorest's Api whose error bodies always carry a message."""
+
+    def handle_http_exception(self, error: HTTPException):
+        payload, code, headers = super().handle_http_exception(error)
+        message = payload.pop("message", None) or MESSAGES.get(code, error.name)
+        errors = payload.pop("errors", None)
+        payload = error_body(code, message, errors)
+        if code == 405 and getattr(error, "valid_methods", None):
+            headers = {**headers, "Allow": ", ".join(error.valid_methods)}
+        if code == 413:
+            # The rest of the body is never read: close so no stray bytes poison the connection.
+            headers = {**headers, "Connection": "close"}
+        if isinstance(error, InternalServerError) and error.original_exception is not None:
+            log.error(
+                "unhandled error",
+                extra={"error_type": type(error.original_exception).__name__},
+            )
+        return payload, code, headers
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(NotFound)
+    def not_found(error: NotFound):
+        return error_body(404, "No session token with that id."), 404
+
+    @app.errorhandler(PreconditionFailed)
+    def precondition_failed(error: PreconditionFailed):
+        return error_body(412, "The record has changed since that ETag; fetch it again."), 412
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(error: StoreUnavailable):
+        log.warning("redis unavailable", extra={"redis_error": error.kind})
+        retry_after = str(current_app.config["SESSIONSVC"].retry_after_seconds)
+        return (
+            error_body(503, "Token storage is temporarily unavailable; retry shortly."),
+            503,
+            {"Retry-After": retry_after},
+        )
+
+    @app.errorhandler(DecryptionError)
+    def decryption_failed(error: DecryptionError):
+        log.error(
+            "stored token failed to decrypt",
+            extra={"record_id": g.get("record_id"), "key_id": error.key_id},
+        )
+        return error_body(500, "The stored token could not be read."), 500

@@ -1,0 +1,190 @@
+"""Marshmallow schemas, named after what they describe; the OpenAPI document is built from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from typing import Any
+
+from flask import current_app
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+
+VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
+VISIBLE_ASCII_MESSAGE = "Must be printable ASCII without spaces or control characters."
+EXAMPLE_TOKEN = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."
+
+
+class Timestamp(fields.Field):
+    """RFC 3339 in UTC with whole seconds (``2026-03-26T11:00:00Z``), held as unix seconds.
+
+    Input must carry ``Z`` or an offset; fractional seconds are dropped.
+    """
+
+    default_error_messages = {
+        "invalid": "Not a valid RFC 3339 timestamp.",
+        "naive": "Timestamp must carry 'Z' or a UTC offset.",
+    }
+
+    def __init__(self, **kwargs: Any):
+        metadata = kwargs.pop("metadata", {})
+        metadata.setdefault("example", "2026-03-26T11:00:00Z")
+        super().__init__(metadata={"type": "string", "format": "date-time", **metadata}, **kwargs)
+
+    def _serialize(self, value: int | None, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or len(value) > 64:
+            raise self.make_error("invalid")
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise self.make_error("invalid") from None
+        if "T" not in value.upper() or parsed.tzinfo is None:
+            raise self.make_error("naive" if parsed.tzinfo is None else "invalid")
+        return int(parsed.timestamp() // 1)
+
+
+def _text(description: str, maximum: int, **kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[
+            validate.Length(min=1, max=maximum),
+            validate.Regexp(VISIBLE_ASCII, error=VISIBLE_ASCII_MESSAGE),
+        ],
+        metadata={"description": description, **kwargs.pop("metadata", {})},
+        **kwargs,
+    )
+
+
+def UserId(**kwargs: Any) -> fields.String:  # noqa: N802 - a field factory reads like a field
+    return _text("The user the token belongs to: 1-128 printable ASCII characters, no spaces.", 128,
+                 metadata={"example": "usr_9a2f31"}, **kwargs)
+
+
+def Token(**kwargs: Any) -> fields.String:  # noqa: N802
+    return _text("The session token (JWT or opaque): 1-8192 printable ASCII characters, no spaces.", 8192,
+                 metadata={"example": EXAMPLE_TOKEN}, **kwargs)
+
+
+class _ExpiryRules:
+    @validates("expires_at")
+    def expires_at_in_range(self, value: int, **kwargs: Any) -> None:
+        now = int(time.time())
+        if value <= now:
+            raise ValidationError("Must be in the future.")
+        max_ttl = current_app.config["SESSIONSVC"].max_ttl_seconds
+        if value > now + max_ttl:
+            raise ValidationError(f"Must be at most {max_ttl} seconds in the future.")
+
+
+class TokenCreate(_ExpiryRules, Schema):
+    """A token to store for a user."""
+
+    user_id = UserId(required=True)
+    token = Token(required=True, load_only=True)
+    expires_at = Timestamp(required=True, metadata={"description": "When the token stops being valid."})
+
+
+class TokenRefresh(_ExpiryRules, Schema):
+    """A new token and expiry for an existing record; the user cannot change."""
+
+    token = Token(required=True, load_only=True)
+    expires_at = Timestamp(required=True, metadata={"description": "When the new token stops being valid."})
+
+    class Meta:
+        unknown = EXCLUDE  # refused below, so that user_id gets a message of its own
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def no_other_fields(self, data: Any, original: Any, **kwargs: Any) -> None:
+        if not isinstance(original, dict):
+            return
+        errors = {name: ["Unknown field."] for name in sorted(set(original) - {"token", "expires_at", "user_id"})}
+        if "user_id" in original:
+            errors["user_id"] = ["user_id cannot be changed; create a new record instead."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class UserQuery(Schema):
+    """Optionally narrow to one user."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    user_id = UserId(load_default=None)
+
+
+class PageQuery(UserQuery):
+    """Which page of the listing, most recently saved first."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000),
+                          metadata={"description": "Page number, from 1."})
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100),
+                           metadata={"description": "Records per page, 1 to 100."})
+
+
+class TokenSummary(Schema):
+    """A stored token as lists show it: never the token itself."""
+
+    id = fields.String(metadata={"example": "store_001"})
+    user_id = fields.String(metadata={"example": "usr_9a2f31"})
+    token_preview = fields.String(metadata={"example": "eyJhbGci...Q3Yk"})
+    expires_at = Timestamp()
+    is_valid = fields.Boolean()
+    saved_at = Timestamp(metadata={"example": "2026-03-26T08:00:00Z"})
+
+
+class TokenCreated(TokenSummary):
+    created_at = Timestamp(metadata={"example": "2026-03-26T09:20:00Z"})
+
+
+class TokenDetail(Schema):
+    """A stored token with its full value."""
+
+    id = fields.String(metadata={"example": "store_001"})
+    user_id = fields.String(metadata={"example": "usr_9a2f31"})
+    token = fields.String(metadata={"example": EXAMPLE_TOKEN})
+    expires_at = Timestamp()
+    is_valid = fields.Boolean()
+    saved_at = Timestamp(metadata={"example": "2026-03-26T08:00:00Z"})
+
+
+class CurrentToken(Schema):
+    """The most recently saved token still held."""
+
+    token = fields.String(metadata={"example": EXAMPLE_TOKEN})
+    expires_at = Timestamp()
+    is_valid = fields.Boolean()
+
+
+class Validity(Schema):
+    """Whether the current token is still valid."""
+
+    is_valid = fields.Boolean()
+    expires_at = Timestamp(allow_none=True)
+    seconds_remaining = fields.Integer(metadata={"example": 3540})
+
+
+class Pagination(Schema):
+    page = fields.Integer(metadata={"example": 1})
+    limit = fields.Integer(metadata={"example": 20})
+    total = fields.Integer(metadata={"example": 1})
+
+
+class TokenPage(Schema):
+    data = fields.List(fields.Nested(TokenSummary))
+    pagination = fields.Nested(Pagination)
+
+
+class Cleared(Schema):
+    cleared = fields.Boolean(metadata={"example": True})
+    message = fields.String(metadata={"example": "All session tokens cleared from secure storage"})
+    count = fields.Integer(metadata={"description": "How many live records were cleared.", "example": 1})
+
+
+class Deleted(Schema):
+    deleted = fields.Boolean(metadata={"example": True})
+    id = fields.String(metadata={"example": "store_001"})
