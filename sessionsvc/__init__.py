@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import edge
+from . import cli, edge
 from .api import blp
 from .config import Config
 from .crypto import Cipher, generate_key
@@ -82,4 +82,5 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     app.register_blueprint(ops)
     register_error_handlers(app)
     edge.install(app, config.api_keys)
+    cli.register(app)
     return app

@@ -1,0 +1,115 @@
+"""Fixtures: every API test runs twice, on fakeredis (fast) and on a private
+redis-server started for the test session (truth). The machine's shared Redis is never
+touched; the private one is flushed between tests because the tests own it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Iterator
+
+import fakeredis
+import pytest
+import redis
+from pytest_redis import factories
+
+from sessionsvc import create_app
+from sessionsvc.config import Config
+from sessionsvc.crypto import generate_key
+
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if shutil.os.path.exists("/usr/bin/redis-server") else None
+)
+NO_REDIS_REASON = "no redis-server binary on this machine; real-Redis tier skipped (CI installs one)"
+
+redis_proc = factories.redis_proc(executable=REDIS_SERVER or "redis-server", port=None)
+
+TEST_KEYS = (generate_key("test"),)
+API = "/api/v1/session-storage"
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def future(seconds: int = 3600) -> str:
+    return iso(time.time() + seconds)
+
+
+@pytest.fixture
+def real_redis(request) -> Iterator[redis.Redis]:
+    """A client of the session's private redis-server, flushed (it is ours) before each test."""
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    proc = request.getfixturevalue("redis_proc")
+    client = redis.Redis(host=proc.host, port=proc.port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def backend(request) -> dict:
+    """How to reach the store under test: an injected fakeredis client, or a URL of the
+    private redis-server (so the app builds its real client, timeouts and all)."""
+    if request.param == "fakeredis":
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return {"kind": "fakeredis", "client": client, "url": None, "raw": client}
+    raw = request.getfixturevalue("real_redis")
+    kwargs = raw.connection_pool.connection_kwargs
+    url = f"redis://{kwargs['host']}:{kwargs['port']}/0"
+    return {"kind": "redis", "client": None, "url": url, "raw": raw}
+
+
+@pytest.fixture
+def make_app(backend, tmp_path):
+    """Build an app on the test's backend with Config overrides."""
+
+    def build(**overrides):
+        settings = {"encryption_keys": TEST_KEYS, "redis_url": backend["url"], **overrides}
+        if backend["url"] is None:
+            settings.pop("redis_url")
+        app = create_app(Config(**settings), redis_client=backend["client"])
+        app.instance_path = str(tmp_path)
+        return app
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def raw(backend) -> redis.Redis:
+    """Direct access to the backend, for asserting what is stored."""
+    return backend["raw"]
+
+
+@pytest.fixture
+def vault(app):
+    return app.extensions["sessionsvc"]
+
+
+@pytest.fixture
+def save(client):
+    """POST a token and return the response JSON (asserting 201)."""
+
+    def do(user_id: str = "usr_9a2f31", token: str | None = None, expires_in: int = 3600, **extra):
+        body = {
+            "user_id": user_id,
+            "token": token or "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk",
+            "expires_at": future(expires_in),
+            **extra,
+        }
+        response = client.post(API, json=body)
+        assert response.status_code == 201, response.json
+        return response.json
+
+    return do
