@@ -6,8 +6,8 @@ SESSIONSVC_BIND, and WEB_CONCURRENCY sets the number of workers.
 
 import os
 
-_embedded = not (
-    os.environ.get("SESSIONSVC_REDIS_URL") or os.environ.get("REDIS_URL") or os.environ.get("SESSIONSVC_REDIS_SENTINELS")
+_embedded = not any(
+    os.environ.get(name) for name in ("SESSIONSVC_REDIS_URL", "REDIS_URL", "SESSIONSVC_REDIS_SENTINELS")
 )
 
 bind = [os.environ.get("SESSIONSVC_BIND", "127.0.0.1:8000")]

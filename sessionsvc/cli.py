@@ -34,7 +34,8 @@ def register(app: Flask) -> None:
             raise click.ClickException(f"Redis unavailable ({error.kind}); nothing changed") from None
         click.echo(f"encrypting key: {vault.cipher.current_key_id}")
         for key_id in sorted(set(report.before) | set(report.after) | set(vault.cipher.key_ids)):
-            click.echo(f"  {key_id}: {report.before.get(key_id, 0)} records before, {report.after.get(key_id, 0)} after")
+            before, after = report.before.get(key_id, 0), report.after.get(key_id, 0)
+            click.echo(f"  {key_id}: {before} records before, {after} after")
         click.echo(f"re-encrypted {report.resealed} records")
         leftover = sum(count for key_id, count in report.after.items() if key_id != vault.cipher.current_key_id)
         if leftover:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Mapping
 
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 
@@ -111,7 +111,7 @@ class Config:
         return not self.redis_url and not self.redis_sentinels
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         environ = os.environ if environ is None else environ
         values = {}
         for setting in fields(cls):
@@ -125,7 +125,7 @@ class Config:
             values[setting.name] = parse(raw, name) if parse else raw.strip()
         return cls(**values)
 
-    def with_overrides(self, **overrides: object) -> "Config":
+    def with_overrides(self, **overrides: object) -> Config:
         return replace(self, **overrides)
 
     def check(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
@@ -48,6 +48,11 @@ def real_redis(request) -> Iterator[redis.Redis]:
     client.close()
 
 
+def redis_url(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/0"
+
+
 @pytest.fixture(params=["fakeredis", "redis"])
 def backend(request) -> dict:
     """How to reach the store under test: an injected fakeredis client, or a URL of the
@@ -56,9 +61,15 @@ def backend(request) -> dict:
         client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
         return {"kind": "fakeredis", "client": client, "url": None, "raw": client}
     raw = request.getfixturevalue("real_redis")
-    kwargs = raw.connection_pool.connection_kwargs
-    url = f"redis://{kwargs['host']}:{kwargs['port']}/0"
-    return {"kind": "redis", "client": None, "url": url, "raw": raw}
+    return {"kind": "redis", "client": None, "url": redis_url(raw), "raw": raw}
+
+
+@pytest.fixture
+def real_app(real_redis, tmp_path):
+    """An app on the private real redis-server only, for tests whose truth needs real Redis."""
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis)))
+    app.instance_path = str(tmp_path)
+    return app
 
 
 @pytest.fixture

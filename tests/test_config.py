@@ -1,0 +1,102 @@
+"""Configuration from the environment, start-up refusals, and the embedded store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import API, TEST_KEYS, future
+from sessionsvc import create_app
+from sessionsvc.config import Config, ConfigError
+
+
+def test_settings_come_from_the_documented_variables():
+    config = Config.from_env({
+        "REDIS_URL": "redis://fallback:6379/0",
+        "SESSIONSVC_ENV": "production",
+        "SESSIONSVC_ENCRYPTION_KEYS": "a:x, b:y",
+        "SESSIONSVC_API_KEYS": "k1,k2",
+        "SESSIONSVC_KEY_PREFIX": "tenant-a",
+        "SESSIONSVC_RETENTION_SECONDS": "0",
+        "SESSIONSVC_MAX_TTL_SECONDS": "3600",
+        "SESSIONSVC_REDIS_CLUSTER": "true",
+        "SESSIONSVC_REDIS_SENTINELS": "h1:26379,h2:26379",
+    })
+    assert config.redis_url == "redis://fallback:6379/0"
+    assert config.production and config.encryption_keys == ("a:x", "b:y") and config.api_keys == ("k1", "k2")
+    assert config.key_prefix == "tenant-a" and config.retention_seconds == 0 and config.max_ttl_seconds == 3600
+    assert config.redis_cluster is True and config.redis_sentinels == ("h1:26379", "h2:26379")
+    assert Config.from_env({"SESSIONSVC_REDIS_URL": "redis://a/0", "REDIS_URL": "redis://b/0"}).redis_url == "redis://a/0"
+
+
+def test_defaults_match_the_spec():
+    config = Config.from_env({})
+    assert config.redis_url is None and config.embedded_store
+    assert config.env == "development" and config.key_prefix == "sessionsvc"
+    assert config.retention_seconds == 86400 and config.max_ttl_seconds == 2592000
+    assert config.redis_sentinel_service == "mymaster" and config.redis_cluster is False
+    assert config.max_body_bytes == 64 * 1024
+
+
+@pytest.mark.parametrize("variable, value", [("SESSIONSVC_RETENTION_SECONDS", "-1"),
+                                             ("SESSIONSVC_MAX_TTL_SECONDS", "soon"),
+                                             ("SESSIONSVC_REDIS_CLUSTER", "maybe")])
+def test_malformed_values_are_refused_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        Config.from_env({variable: value})
+
+
+@pytest.mark.parametrize(
+    "settings, missing",
+    [
+        ({"encryption_keys": TEST_KEYS, "api_keys": ("k",)}, "SESSIONSVC_REDIS_URL"),
+        ({"redis_url": "redis://127.0.0.1:1/0", "api_keys": ("k",)}, "SESSIONSVC_ENCRYPTION_KEYS"),
+        ({"redis_url": "redis://127.0.0.1:1/0", "encryption_keys": TEST_KEYS}, "SESSIONSVC_API_KEYS"),
+    ],
+)
+def test_production_refuses_unsafe_settings_saying_which(settings, missing):
+    with pytest.raises(ConfigError, match=missing):
+        create_app(Config(env="production", **settings))
+
+
+def test_production_starts_with_real_settings():
+    app = create_app(Config(env="production", redis_url="redis://127.0.0.1:1/0", encryption_keys=TEST_KEYS,
+                            api_keys=("k",)))
+    assert app.extensions["sessionsvc"].cipher.current_key_id == "test"
+
+
+def test_key_prefix_with_braces_is_refused():
+    with pytest.raises(ConfigError, match="SESSIONSVC_KEY_PREFIX"):
+        Config(key_prefix="{evil}").check()
+
+
+def test_development_key_is_generated_once_into_the_instance_folder(tmp_path, monkeypatch, caplog):
+    from sessionsvc import development_keys
+
+    first = development_keys(str(tmp_path / "instance"))
+    second = development_keys(str(tmp_path / "instance"))
+    assert first == second and len(first) == 1 and first[0].startswith("dev:")
+    assert oct(os.stat(tmp_path / "instance" / "dev-encryption-keys").st_mode & 0o777) == "0o600"
+
+
+def test_embedded_store_serves_the_api_and_says_so(caplog):
+    app = create_app(Config(encryption_keys=TEST_KEYS))
+    assert "embedded in-process store" in caplog.text
+    client = app.test_client()
+    created = client.post(API, json={"user_id": "u", "token": "tok", "expires_at": future()})
+    assert created.status_code == 201
+    assert client.get(f"{API}/{created.json['id']}").json["token"] == "tok"
+
+
+def test_separate_key_prefixes_are_separate_stores(real_redis, tmp_path):
+    from conftest import redis_url
+
+    url = redis_url(real_redis)
+    tenant_a = create_app(Config(encryption_keys=TEST_KEYS, redis_url=url, key_prefix="tenant-a")).test_client()
+    tenant_b = create_app(Config(encryption_keys=TEST_KEYS, redis_url=url, key_prefix="tenant-b")).test_client()
+    tenant_a.post(API, json={"user_id": "u", "token": "tok", "expires_at": future()})
+    assert tenant_b.get(API).json["pagination"]["total"] == 0
+    tenant_b.delete(API)
+    assert tenant_a.get(API).json["pagination"]["total"] == 1
+    assert {key.split(b":")[0] for key in real_redis.keys("*")} == {b"{tenant-a}", b"{tenant-b}"}
