@@ -135,3 +135,22 @@ def test_error_bodies_never_echo_the_token(client):
     response = client.post(API, json={"user_id": "bad user", "token": secret, "expires_at": "nope"})
     assert response.status_code == 422
     assert secret not in response.get_data(as_text=True)
+
+
+# What gunicorn says of a chunked request: the server delimits the body, not Content-Length.
+CHUNKED = {"wsgi.input_terminated": True}
+
+
+def test_a_chunked_body_over_the_limit_is_413_like_any_other(client):
+    import io
+    import json
+
+    oversized = json.dumps({**GOOD, "expires_at": future(), "token": "t" * (70 * 1024)}).encode()
+    response = client.post(API, input_stream=io.BytesIO(oversized), content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides=CHUNKED)
+    assert response.status_code == 413 and response.is_json
+    assert_nothing_stored(client)
+    small = json.dumps({**GOOD, "expires_at": future()}).encode()
+    response = client.post(API, input_stream=io.BytesIO(small), content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides=CHUNKED)
+    assert response.status_code == 201
