@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request, url_for
+from flask import Response, after_this_request, current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -35,6 +35,11 @@ blp = Blueprint(
 
 def vault() -> TokenVault:
     return current_app.extensions["sessionsvc"]
+
+
+def reclaim_when_sent(response: Response) -> Response:
+    response.call_on_close(vault().reclaim)
+    return response
 
 
 @blp.before_request
@@ -71,6 +76,7 @@ class TokenCollection(MethodView):
     def delete(self, user_id: str | None):
         """Clear every stored token (or one user's)."""
         count = vault().clear(user_id)
+        after_this_request(reclaim_when_sent)
         return {"cleared": True, "message": CLEARED_MESSAGE, "count": count}
 
 

@@ -6,10 +6,13 @@ them only when a full token is to be returned, and computes the clear-text previ
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .crypto import Cipher
-from .store import NotFound, Record, TokenStore, format_id, parse_id
+from .store import NotFound, Record, StoreUnavailable, TokenStore, format_id, parse_id
+
+log = logging.getLogger("sessionsvc")
 
 
 def token_preview(token: str) -> str:
@@ -87,6 +90,13 @@ class TokenVault:
 
     def clear(self, user_id: str | None = None) -> int:
         return self.store.clear(user_id)
+
+    def reclaim(self) -> None:
+        """Free what a clear left behind; run after the response, so failures only log."""
+        try:
+            self.store.reclaim()
+        except StoreUnavailable as error:
+            log.warning("reclaim after clear postponed", extra={"redis_error": error.kind})
 
     def count_by_key(self) -> dict[str, int]:
         counts: dict[str, int] = {}
