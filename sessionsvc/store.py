@@ -114,6 +114,7 @@ class Record:
     saved_at: int
     created_at: int
     version: int
+    is_valid: bool
     seconds_remaining: int
     reveal_count: int = 0
     last_revealed_at: int | None = None
@@ -122,10 +123,6 @@ class Record:
     @property
     def id(self) -> str:
         return format_id(self.number)
-
-    @property
-    def is_valid(self) -> bool:
-        return self.seconds_remaining > 0
 
 
 def format_id(number: int) -> str:
@@ -531,6 +528,7 @@ class TokenStore:
     def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
         number, user, preview, expires, saved, created, version, reveals, revealed = fields
         expires = int(expires)
+        remaining_ms = expires * 1000 - now_ms
         return Record(
             number=int(number),
             user_id=user.decode("ascii"),
@@ -539,7 +537,8 @@ class TokenStore:
             saved_at=int(saved),
             created_at=int(created),
             version=int(version),
-            seconds_remaining=max(0, (expires * 1000 - now_ms) // 1000),
+            is_valid=remaining_ms > 0,
+            seconds_remaining=max(0, remaining_ms // 1000),
             reveal_count=int(reveals or 0),
             last_revealed_at=int(revealed) if revealed else None,
             sealed_token=sealed,

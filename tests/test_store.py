@@ -1,0 +1,35 @@
+"""Store-level rules that the API tests cannot pin down to the millisecond."""
+
+from __future__ import annotations
+
+import pytest
+
+from sessionsvc.store import TokenStore, format_id, parse_id
+
+
+def fields(expires: int) -> list:
+    return [b"7", b"alice", b"abcd...", str(expires).encode(), b"100", b"100", b"3", None, None]
+
+
+@pytest.mark.parametrize(
+    "left_ms, valid, seconds",
+    [(3_540_999, True, 3540), (1000, True, 1), (500, True, 0), (1, True, 0), (0, False, 0), (-5000, False, 0)],
+)
+def test_validity_is_exact_to_the_millisecond_and_seconds_are_whole(left_ms, valid, seconds):
+    expires = 2_000_000_000
+    record = TokenStore._record(expires * 1000 - left_ms, fields(expires))
+    assert (record.is_valid, record.seconds_remaining) == (valid, seconds)
+    assert record.id == "store_007" and record.user_id == "alice" and record.version == 3
+
+
+@pytest.mark.parametrize(
+    "number, text", [(1, "store_001"), (42, "store_042"), (999, "store_999"), (1234, "store_1234")]
+)
+def test_ids_are_zero_padded_to_three_digits_and_round_trip(number, text):
+    assert format_id(number) == text and parse_id(text) == number
+
+
+@pytest.mark.parametrize("text", ["store_0", "store_01", "store_0001", "store_+1", "store_ 1", "store_１", "STORE_001",
+                                  "store_001/x", "store_99999999999999999999"])
+def test_non_canonical_ids_never_reach_redis(text):
+    assert parse_id(text) is None
