@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import cli, edge
+from . import cli, edge, limits
 from .api import blp
 from .config import Config
 from .crypto import Cipher, generate_key
@@ -80,8 +80,11 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
 
     api = ServiceApi(app)
     api.register_blueprint(blp)
+    if config.api_keys:
+        edge.declare_bearer_auth(api)
     app.register_blueprint(ops)
     register_error_handlers(app)
     edge.install(app, config.api_keys)
+    limits.install(app, config, client)  # after edge: budgets are spent per authenticated key
     cli.register(app)
     return app

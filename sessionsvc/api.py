@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Response, after_this_request, current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
@@ -20,7 +22,7 @@ from .schemas import (
     UserQuery,
     Validity,
 )
-from .vault import TokenVault
+from .vault import Revealed, TokenVault
 
 PREFIX = "/api/v1/session-storage"
 CLEARED_MESSAGE = "All session tokens cleared from secure storage"
@@ -33,6 +35,9 @@ blp = Blueprint(
 )
 
 
+audit_log = logging.getLogger("sessionsvc.audit")
+
+
 def vault() -> TokenVault:
     return current_app.extensions["sessionsvc"]
 
@@ -40,6 +45,25 @@ def vault() -> TokenVault:
 def reclaim_when_sent(response: Response) -> Response:
     response.call_on_close(vault().reclaim)
     return response
+
+
+def audit_reveal(revealed: Revealed, via: str) -> None:
+    """One structured line per full token returned: who asked, for which record, and a
+    keyed fingerprint that ties it to the token without revealing it."""
+    record = revealed.record
+    audit_log.info(
+        "token revealed",
+        extra={
+            "event": "token_revealed",
+            "via": via,
+            "request_id": g.get("request_id"),
+            "record_id": record.id,
+            "user_id": record.user_id,
+            "client_key_id": g.get("client_key_id"),
+            "fingerprint": revealed.fingerprint,
+            "reveal_count": record.reveal_count,
+        },
+    )
 
 
 @blp.before_request
@@ -89,7 +113,7 @@ class CurrentTokenView(MethodView):
         revealed = vault().current(user_id)
         if revealed is None:
             abort(404, message="No session token is stored.")
-        g.record_id = revealed.record.id
+        audit_reveal(revealed, "current")
         record = revealed.record
         return {"token": revealed.token, "expires_at": record.expires_at, "is_valid": record.is_valid}
 
@@ -111,8 +135,8 @@ class TokenItem(MethodView):
     @blp.response(200, TokenDetail)
     def get(self, record_id: str):
         """One stored token, in full."""
-        g.record_id = record_id
         revealed = vault().reveal(record_id)
+        audit_reveal(revealed, "id")
         record = revealed.record
         return {
             "id": record.id,

@@ -37,6 +37,14 @@ def register(app: Flask) -> None:
             before, after = report.before.get(key_id, 0), report.after.get(key_id, 0)
             click.echo(f"  {key_id}: {before} records before, {after} after")
         click.echo(f"re-encrypted {report.resealed} records")
+        if report.unreadable:
+            click.echo(
+                f"{len(report.unreadable)} records do not decrypt with any configured key and were left "
+                f"as they are: {', '.join(report.unreadable)}"
+            )
         leftover = sum(count for key_id, count in report.after.items() if key_id != vault.cipher.current_key_id)
-        if leftover:
+        leftover -= len(report.unreadable)
+        if leftover > 0:
             raise click.ClickException(f"{leftover} records are still under older keys; run again")
+        if report.unreadable:
+            raise click.ClickException("some records are unreadable; see above (no key material is shown)")

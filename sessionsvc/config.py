@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
 
 
 class ConfigError(ValueError):
@@ -139,6 +140,23 @@ class Config:
             )
         if self.max_ttl_seconds < 1:
             raise ConfigError("SESSIONSVC_MAX_TTL_SECONDS: must be at least 1")
+        if self.rate_limit:
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ConfigError(
+                    f"SESSIONSVC_RATE_LIMIT: expected limits like '100/second' or '1000 per minute; "
+                    f"50 per second', got {self.rate_limit!r}"
+                ) from None
+        for origin in self.cors_origins:
+            if not CORS_ORIGIN_PATTERN.match(origin):
+                raise ConfigError(
+                    f"SESSIONSVC_CORS_ORIGINS: each entry must be one exact origin like "
+                    f"'https://app.example.com' (never '*': tokens must not be readable by any "
+                    f"site), got {origin!r}"
+                )
         if self.production:
             if self.embedded_store:
                 raise ConfigError(

@@ -37,12 +37,14 @@ class KeyFormatError(ValueError):
 class DecryptionError(Exception):
     """A blob could not be opened: tampered, moved to another record, or its key is gone.
 
-    Carries the key id named in the blob (never key material) for the log line.
+    Carries the record id and the key id named in the blob (never key material, never
+    ciphertext) for the log line.
     """
 
-    def __init__(self, key_id: str):
-        super().__init__(f"stored token could not be decrypted (key id {key_id!r})")
+    def __init__(self, key_id: str, record_id: str):
+        super().__init__(f"stored token of {record_id} could not be decrypted (key id {key_id!r})")
         self.key_id = key_id
+        self.record_id = record_id
 
 
 def generate_key(key_id: str = "") -> str:
@@ -101,12 +103,12 @@ class Cipher:
         key_id = self.key_id_of(blob)
         aead = self._aeads.get(key_id)
         if aead is None:
-            raise DecryptionError(key_id)
+            raise DecryptionError(key_id, record_id)
         body = blob[len(key_id) + 1 :]
         try:
             plain = aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], self._associated_data(record_id, user_id))
         except (InvalidTag, ValueError):
-            raise DecryptionError(key_id) from None
+            raise DecryptionError(key_id, record_id) from None
         return plain.decode("ascii")
 
     @staticmethod

@@ -3,12 +3,13 @@ response headers. Nothing here knows about tokens beyond keeping them out of cac
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import uuid
 
 from flask import Flask, Response, g, request
-from flask_smorest import abort
+from flask_smorest import Api, abort
 
 from .api import PREFIX
 
@@ -20,6 +21,7 @@ DOCS_CSP = (
     "base-uri 'none'; form-action 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+BEARER_SCHEME = "bearerAuth"
 
 
 class DoubledPrefixAlias:
@@ -37,26 +39,42 @@ class DoubledPrefixAlias:
         return self.wsgi_app(environ, start_response)
 
 
+def declare_bearer_auth(api: Api) -> None:
+    """Declare the bearer scheme in the OpenAPI document (Swagger UI's Authorize button)."""
+    api.spec.components.security_scheme(
+        BEARER_SCHEME,
+        {"type": "http", "scheme": "bearer", "description": "An API key from SESSIONSVC_API_KEYS."},
+    )
+    api.spec.options["security"] = [{BEARER_SCHEME: []}]
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
 def install(app: Flask, api_keys: tuple[str, ...]) -> None:
     app.wsgi_app = DoubledPrefixAlias(app.wsgi_app)
-    encoded_keys = [key.encode() for key in api_keys]
+    # Digests are compared, so the comparison takes the same time whatever the lengths.
+    key_digests = [_digest(key.encode()) for key in api_keys]
 
     @app.before_request
     def assign_request_id():
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
 
-    if encoded_keys:
+    if key_digests:
 
         @app.before_request
         def authenticate():
-            if not request.path.startswith("/api/"):
-                return None
+            # A CORS preflight carries no credentials by design and reveals nothing.
+            if not request.path.startswith("/api/") or request.method == "OPTIONS":
+                return
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             presented_bytes = presented.strip().encode("utf-8", "replace")
+            presented_digest = _digest(presented_bytes)
             matched = False
-            for key in encoded_keys:  # every key compared, in constant time
-                matched |= hmac.compare_digest(presented_bytes, key)
+            for key_digest in key_digests:  # every key compared, in constant time
+                matched |= hmac.compare_digest(presented_digest, key_digest)
             if scheme.lower() != "bearer" or not matched:
                 abort(
                     401,
@@ -64,7 +82,6 @@ def install(app: Flask, api_keys: tuple[str, ...]) -> None:
                     headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'},
                 )
             g.client_key_id = hmac.new(b"sessionsvc client", presented_bytes, "sha256").hexdigest()[:8]
-            return None
 
     @app.after_request
     def security_headers(response: Response) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
@@ -25,6 +25,7 @@ MESSAGES = {
     413: "Request body too large.",
     415: "Request body must be JSON (Content-Type: application/json).",
     422: "The request has invalid fields; see errors.",
+    429: "Too many requests; retry after the number of seconds in Retry-After.",
     500: "Internal error.",
 }
 
@@ -80,6 +81,6 @@ def register_error_handlers(app: Flask) -> None:
     def decryption_failed(error: DecryptionError):
         log.error(
             "stored token failed to decrypt",
-            extra={"record_id": g.get("record_id"), "key_id": error.key_id},
+            extra={"record_id": error.record_id, "key_id": error.key_id},
         )
         return error_body(500, "The stored token could not be read."), 500

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .crypto import Cipher
+from .crypto import Cipher, DecryptionError
 from .store import NotFound, Record, StoreUnavailable, TokenStore, format_id, parse_id
 
 log = logging.getLogger("sessionsvc")
@@ -26,10 +26,11 @@ def token_preview(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Revealed:
-    """A record together with its opened token."""
+    """A record together with its opened token and that token's fingerprint (for logs)."""
 
     record: Record
     token: str
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class RotationReport:
     before: dict[str, int]
     after: dict[str, int]
     resealed: int
+    unreadable: tuple[str, ...] = ()
 
 
 class TokenVault:
@@ -53,7 +55,7 @@ class TokenVault:
     def _open(self, record: Record) -> Revealed:
         assert record.sealed_token is not None
         token = self.cipher.open(record.sealed_token, record.id, record.user_id)
-        return Revealed(record, token)
+        return Revealed(record, token, self.cipher.fingerprint(token))
 
     def save(self, user_id: str, token: str, expires_at: int) -> Record:
         number = self.store.reserve_number()
@@ -106,19 +108,30 @@ class TokenVault:
         return counts
 
     def rotate_keys(self) -> RotationReport:
-        """Re-seal every record not under the first key; repeats until none is left."""
+        """Re-seal every record not under the first key; repeats until none is left.
+
+        A record that does not decrypt (its key was removed, or it was tampered with) is
+        left exactly as it is and named in the report: rotation never destroys data.
+        """
         before = self.count_by_key()
         resealed = 0
+        unreadable: set[str] = set()
         for _ in range(10):
             pending = 0
             for number, user_id, sealed in self.store.scan():
-                if not self.cipher.needs_rotation(sealed):
+                record_id = format_id(number)
+                if not self.cipher.needs_rotation(sealed) or record_id in unreadable:
                     continue
                 pending += 1
-                record_id = format_id(number)
-                token = self.cipher.open(sealed, record_id, user_id)
+                try:
+                    token = self.cipher.open(sealed, record_id, user_id)
+                except DecryptionError:
+                    unreadable.add(record_id)
+                    continue
                 if self.store.reseal(number, sealed, self.cipher.seal(token, record_id, user_id)):
                     resealed += 1
             if pending == 0:
                 break
-        return RotationReport(before=before, after=self.count_by_key(), resealed=resealed)
+        return RotationReport(
+            before=before, after=self.count_by_key(), resealed=resealed, unreadable=tuple(sorted(unreadable))
+        )
