@@ -6,6 +6,7 @@ Domain errors from the store and the cipher are mapped to HTTP here, once.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, current_app
@@ -30,6 +31,29 @@ MESSAGES = {
 }
 
 
+# A name the client sent is echoed back only if it looks like a field name: a token pasted
+# as a key must not come back in an error body (which clients and proxies tend to log).
+SHOWN_FIELD_NAME = re.compile(r"_?[a-z][a-z0-9_]{0,23}\Z")  # "_schema" is marshmallow's own
+HIDDEN_FIELDS = "_unknown"
+
+
+def without_unshowable_names(errors: Any) -> Any:
+    """``errors`` with field names that do not look like field names folded into one entry."""
+    if not isinstance(errors, dict):
+        return errors
+    cleaned: dict = {}
+    for location, fields in errors.items():
+        if not isinstance(fields, dict):
+            cleaned[location] = fields
+            continue
+        shown = {name: messages for name, messages in fields.items() if SHOWN_FIELD_NAME.match(str(name))}
+        if len(shown) < len(fields):
+            hidden = len(fields) - len(shown)
+            shown[HIDDEN_FIELDS] = [f"{hidden} unknown field(s); their names are not shown."]
+        cleaned[location] = shown
+    return cleaned
+
+
 def error_body(code: int, message: str, errors: Any = None) -> dict:
     body = {"code": code, "status": HTTP_STATUS_CODES.get(code, "Unknown Error"), "message": message}
     if errors:
@@ -43,7 +67,7 @@ class ServiceApi(Api):
     def handle_http_exception(self, error: HTTPException):
         payload, code, headers = super().handle_http_exception(error)
         message = payload.pop("message", None) or MESSAGES.get(code, error.name)
-        errors = payload.pop("errors", None)
+        errors = without_unshowable_names(payload.pop("errors", None))
         payload = error_body(code, message, errors)
         if code == 405 and getattr(error, "valid_methods", None):
             headers = {**headers, "Allow": ", ".join(error.valid_methods)}

@@ -1,0 +1,388 @@
+"""Security at the edge and at rest: authentication, response headers, CORS, failing closed on
+crypto trouble, the audit trail of reveals, and what user input may reach in Redis."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import API, TEST_KEYS, future, redis_url
+from sessionsvc import create_app
+from sessionsvc.config import Config, ConfigError
+from sessionsvc.crypto import generate_key
+
+API_KEY = "k-4f1c9e0b7a2d48c6a1b3e5f709d2c4b6"
+OTHER_KEY = "k-second-key-for-another-client-000"
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzZWN1cml0eSJ9.sig-Zz9q"
+DOUBLED = API + API
+HEADERS_ON_EVERY_RESPONSE = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+
+
+@pytest.fixture
+def auth_app(make_app):
+    return make_app(api_keys=(API_KEY, OTHER_KEY))
+
+
+@pytest.fixture
+def record_id(auth_app) -> str:
+    response = auth_app.test_client().post(
+        API, json={"user_id": "alice", "token": TOKEN, "expires_at": future()}, headers=bearer(API_KEY)
+    )
+    assert response.status_code == 201
+    return response.json["id"]
+
+
+# Every operation once, with the status it answers when authenticated.
+def operations(prefix: str, record_id: str) -> list[tuple[str, str, dict | None, int]]:
+    return [
+        ("get", prefix, None, 200),
+        ("get", f"{prefix}/{record_id}", None, 200),
+        ("get", f"{prefix}/current", None, 200),
+        ("get", f"{prefix}/validity", None, 200),
+        ("post", prefix, {"user_id": "bob", "token": TOKEN, "expires_at": future()}, 201),
+        ("put", f"{prefix}/{record_id}", {"token": TOKEN + "2", "expires_at": future()}, 200),
+        ("delete", f"{prefix}/{record_id}", None, 200),
+        ("delete", prefix, None, 200),
+    ]
+
+
+# --- authentication -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [API, DOUBLED], ids=["canonical", "doubled-alias"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer("wrong-key"), bearer(""), {"Authorization": f"Basic {API_KEY}"}, {"Authorization": API_KEY},
+     bearer(API_KEY + "x"), bearer(API_KEY[:-1])],
+    ids=["missing", "wrong", "empty", "basic-scheme", "no-scheme", "longer", "shorter"],
+)
+def test_every_api_operation_is_401_json_without_a_valid_key(auth_app, record_id, prefix, headers):
+    client = auth_app.test_client()
+    for method, path, body, _ in operations(prefix, record_id):
+        response = getattr(client, method)(path, json=body, headers=headers)
+        assert response.status_code == 401, (method, path)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.is_json and set(response.json) == {"code", "status", "message"}
+        assert API_KEY not in response.get_data(as_text=True)
+    assert client.get(f"{API}/{record_id}", headers=bearer(API_KEY)).json["token"] == TOKEN  # nothing changed
+
+
+@pytest.mark.parametrize("prefix", [API, DOUBLED], ids=["canonical", "doubled-alias"])
+@pytest.mark.parametrize("key", [API_KEY, OTHER_KEY], ids=["first-key", "second-key"])
+def test_every_api_operation_answers_with_any_configured_key(auth_app, record_id, prefix, key):
+    client = auth_app.test_client()
+    for method, path, body, status in operations(prefix, record_id):
+        response = getattr(client, method)(path, json=body, headers=bearer(key))
+        assert response.status_code == status, (method, path, response.json)
+
+
+def test_the_scheme_name_is_case_insensitive(auth_app, record_id):
+    response = auth_app.test_client().get(API, headers={"Authorization": f"bearer {API_KEY}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/docs", "/openapi.json"])
+def test_operational_paths_stay_open_when_keys_are_set(auth_app, path):
+    assert auth_app.test_client().get(path).status_code == 200
+
+
+def test_unknown_api_routes_are_401_not_a_map_of_the_api(auth_app):
+    assert auth_app.test_client().get(f"{API}/store_001/nope").status_code == 401
+
+
+def test_without_keys_the_api_is_public_as_the_contract_says(client):
+    assert client.get(API).status_code == 200
+
+
+def test_openapi_declares_the_bearer_scheme_when_keys_are_set(auth_app, app):
+    document = auth_app.test_client().get("/openapi.json").json
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": "An API key from SESSIONSVC_API_KEYS."
+    }
+    assert document["security"] == [{"bearerAuth": []}]
+    public = app.test_client().get("/openapi.json").json
+    assert "security" not in public and "securitySchemes" not in public.get("components", {})
+
+
+def test_production_refuses_to_serve_publicly_unless_told_to():
+    settings = {"env": "production", "redis_url": "redis://127.0.0.1:1/0", "encryption_keys": TEST_KEYS}
+    with pytest.raises(ConfigError, match="SESSIONSVC_API_KEYS"):
+        create_app(Config(**settings))
+    with pytest.raises(ConfigError, match="SESSIONSVC_API_KEYS"):
+        create_app(Config.from_env({"SESSIONSVC_ENV": "production", "SESSIONSVC_REDIS_URL": "redis://127.0.0.1:1/0",
+                                    "SESSIONSVC_ENCRYPTION_KEYS": TEST_KEYS[0], "SESSIONSVC_ALLOW_PUBLIC": "no"}))
+    assert create_app(Config(**settings, allow_public=True)).test_client().get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings, variable",
+    [({"cors_origins": ("*",)}, "SESSIONSVC_CORS_ORIGINS"),
+     ({"cors_origins": ("https://app.example.com/path",)}, "SESSIONSVC_CORS_ORIGINS"),
+     ({"rate_limit": "lots"}, "SESSIONSVC_RATE_LIMIT")],
+)
+def test_unsafe_or_malformed_edge_settings_are_refused_naming_the_variable(settings, variable):
+    with pytest.raises(ConfigError, match=variable):
+        Config(**settings).check()
+
+
+# --- response headers --------------------------------------------------------------------
+
+
+def test_security_headers_on_success_and_on_every_kind_of_error(make_app, save, client, raw):
+    created = save()
+    auth_client = make_app(api_keys=(API_KEY,)).test_client()
+    dead_client = create_app(Config(encryption_keys=TEST_KEYS, redis_url=closed_port_url())).test_client()
+    limited = make_app(rate_limit="1/minute", key_prefix="limited").test_client()
+    limited.get(API)
+    responses = {
+        "200 list": client.get(API),
+        "200 token": client.get(f"{API}/{created['id']}"),
+        "201": client.post(API, json={"user_id": "u", "token": TOKEN, "expires_at": future()}),
+        "400": client.post(API, data="{", content_type="application/json"),
+        "401": auth_client.get(API),
+        "404 id": client.get(f"{API}/store_999"),
+        "404 route": client.get("/nowhere"),
+        "405": client.patch(API),
+        "413": client.post(API, data="x" * 70_000, content_type="application/json"),
+        "415": client.post(API, data="x", content_type="text/plain"),
+        "422": client.post(API, json=[]),
+        "429": limited.get(API),
+        "503": dead_client.get(API),
+    }
+    raw.hset("{sessionsvc}:r:1", "t", b"test:" + b"\x00" * 40)
+    responses["500"] = client.get(f"{API}/{created['id']}")
+    for name, response in responses.items():
+        assert str(response.status_code) == name.split()[0], name
+        for header, value in HEADERS_ON_EVERY_RESPONSE.items():
+            assert response.headers.get(header) == value, (name, header)
+        assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", name
+        assert response.headers["X-Request-ID"], name
+
+
+def test_docs_page_gets_a_csp_that_lets_swagger_ui_run_but_not_be_framed(client):
+    csp = client.get("/docs").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "http" not in csp
+
+
+# --- CORS --------------------------------------------------------------------------------
+
+
+def test_cors_answers_only_the_configured_origins(make_app):
+    origins = ("https://app.example.com", "http://localhost:3000")
+    client = make_app(cors_origins=origins, api_keys=(API_KEY,)).test_client()
+    allowed = client.get(API, headers={"Origin": "https://app.example.com", **bearer(API_KEY)})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "Origin" in allowed.headers.get("Vary", "")
+    assert "Access-Control-Allow-Credentials" not in allowed.headers
+    stranger = client.get(API, headers={"Origin": "https://evil.example", **bearer(API_KEY)})
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+    preflight = client.options(API, headers={"Origin": "https://app.example.com",
+                                             "Access-Control-Request-Method": "POST",
+                                             "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200  # a preflight carries no key, by design
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert preflight.get_data() == b""
+
+
+def test_without_an_allow_list_no_origin_is_answered(client):
+    response = client.get(API, headers={"Origin": "https://app.example.com"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- failing closed ----------------------------------------------------------------------
+
+
+def tamper(raw, number: int) -> None:
+    blob = bytearray(raw.hget(f"{{sessionsvc}}:r:{number}", "t"))
+    blob[-3] ^= 0x40
+    raw.hset(f"{{sessionsvc}}:r:{number}", "t", bytes(blob))
+
+
+def swap(raw, number: int) -> None:
+    raw.hset(f"{{sessionsvc}}:r:{number}", "t", raw.hget(f"{{sessionsvc}}:r:{number + 1}", "t"))
+
+
+@pytest.mark.parametrize("damage", ["tampered", "swapped", "key-removed"])
+def test_a_record_that_does_not_decrypt_is_a_generic_500_logged_by_ids_only(make_app, raw, caplog, damage):
+    writer = make_app()
+    client = writer.test_client()
+    for index in range(2):
+        assert client.post(API, json={"user_id": "alice", "token": f"{TOKEN}-{index}",
+                                      "expires_at": future()}).status_code == 201
+    blob = raw.hget("{sessionsvc}:r:2", "t")
+    if damage == "tampered":
+        tamper(raw, 2)
+    elif damage == "swapped":
+        raw.hset("{sessionsvc}:r:2", "t", raw.hget("{sessionsvc}:r:1", "t"))
+    else:
+        client = make_app(encryption_keys=(generate_key("fresh"),)).test_client()
+    key_secret = TEST_KEYS[0].partition(":")[2]
+    caplog.set_level(logging.DEBUG)
+    for path in (f"{API}/store_002", f"{API}/current"):  # store_002 is also the current record
+        response = client.get(path)
+        assert response.status_code == 500
+        assert response.json == {"code": 500, "status": "Internal Server Error",
+                                 "message": "The stored token could not be read."}
+        body = response.get_data()
+        assert TOKEN.encode() not in body and blob[5:].hex().encode() not in body and b"test" not in body
+    failures = [record for record in caplog.records if record.getMessage() == "stored token failed to decrypt"]
+    assert len(failures) == 2
+    assert {(record.record_id, record.key_id) for record in failures} == {("store_002", "test")}
+    logged = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert TOKEN not in logged and key_secret not in logged and repr(blob[5:]) not in logged
+    assert client.get(API).status_code == 200  # listing never opens a token
+
+
+# --- audit trail of reveals --------------------------------------------------------------
+
+
+def audit_lines(caplog) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "sessionsvc.audit"]
+
+
+def test_each_reveal_is_audited_with_ids_and_a_fingerprint_never_the_token(auth_app, record_id, caplog):
+    caplog.set_level(logging.INFO, logger="sessionsvc.audit")
+    client = auth_app.test_client()
+    by_id = client.get(f"{API}/{record_id}", headers={**bearer(API_KEY), "X-Request-ID": "req-by-id"})
+    current = client.get(f"{API}/current", headers={**bearer(OTHER_KEY), "X-Request-ID": "req-current"})
+    client.get(API, headers=bearer(API_KEY))  # listing reveals nothing
+    client.get(f"{API}/validity", headers=bearer(API_KEY))
+    assert by_id.status_code == current.status_code == 200
+    lines = audit_lines(caplog)
+    assert [line.via for line in lines] == ["id", "current"]
+    fingerprint = auth_app.extensions["sessionsvc"].cipher.fingerprint(TOKEN)
+    for line, request_id, count in zip(lines, ["req-by-id", "req-current"], [1, 2], strict=True):
+        assert line.event == "token_revealed"
+        assert line.request_id == request_id
+        assert (line.record_id, line.user_id, line.fingerprint, line.reveal_count) == (
+            record_id, "alice", fingerprint, count)
+        assert len(line.client_key_id) == 8 and line.client_key_id not in (API_KEY, OTHER_KEY)
+    assert lines[0].client_key_id != lines[1].client_key_id  # two keys, two clients
+    assert TOKEN not in "\n".join(str(line.__dict__) for line in lines)
+    assert fingerprint not in TOKEN and len(fingerprint) == 16
+
+
+def test_reveals_are_counted_exactly_under_concurrency(real_redis, tmp_path):
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis)))
+    app.instance_path = str(tmp_path)
+    seed = app.test_client()
+    record_id = seed.post(API, json={"user_id": "alice", "token": TOKEN, "expires_at": future()}).json["id"]
+    threads, per_thread, statuses = 8, 25, []
+    lock = threading.Lock()
+
+    def reveal(index: int) -> None:
+        client = app.test_client()
+        path = f"{API}/{record_id}" if index % 2 else f"{API}/current"
+        codes = [client.get(path).status_code for _ in range(per_thread)]
+        with lock:
+            statuses.extend(codes)
+
+    workers = [threading.Thread(target=reveal, args=(index,)) for index in range(threads)]
+    started = int(time.time())
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert statuses == [200] * threads * per_thread
+    stored = real_redis.hmget("{sessionsvc}:r:1", "rc", "rl")
+    assert int(stored[0]) == threads * per_thread
+    assert started <= int(stored[1]) <= int(time.time())
+    seed.get(API)
+    seed.get(f"{API}/validity")
+    assert int(real_redis.hget("{sessionsvc}:r:1", "rc")) == threads * per_thread  # only reveals count
+
+
+def test_reveal_counters_stay_out_of_the_contract_responses(client, save):
+    created = save()
+    detail = client.get(f"{API}/{created['id']}").json
+    assert "reveal_count" not in detail and "last_revealed_at" not in detail
+
+
+# --- what user input may reach ----------------------------------------------------------
+
+
+def test_ids_that_are_not_store_digits_are_404_without_asking_redis():
+    client = create_app(Config(encryption_keys=TEST_KEYS, redis_url=closed_port_url())).test_client()
+    for bad_id in ("nope", "store_abc", "store_0001", "store_1", "*", "store_*", "..%2f"):
+        for method in ("get", "delete"):
+            assert getattr(client, method)(f"{API}/{bad_id}").status_code == 404, (method, bad_id)
+        response = client.put(f"{API}/{bad_id}", json={"token": TOKEN, "expires_at": future()})
+        assert response.status_code == 404, bad_id
+    assert client.get(f"{API}/store_001").status_code == 503  # a canonical id does go to Redis
+
+
+@pytest.mark.parametrize("value", ["a\r\nb", "a\x00b", "caf\u00e9", "a b"])
+def test_bad_characters_in_a_user_id_query_are_422(client, value):
+    for path in (API, f"{API}/current", f"{API}/validity"):
+        response = client.get(path, query_string={"user_id": value})
+        assert response.status_code == 422 and "user_id" in response.json["errors"]["query"]
+    assert client.delete(API, query_string={"user_id": value}).status_code == 422
+
+
+def monitor(real_redis) -> tuple[socket.socket, list[bytes]]:
+    kwargs = real_redis.connection_pool.connection_kwargs
+    sock = socket.create_connection((kwargs["host"], kwargs["port"]))
+    sock.sendall(b"MONITOR\r\n")
+    assert sock.recv(64).startswith(b"+OK")
+    return sock, []
+
+
+def test_user_input_never_reaches_a_redis_pattern_command(real_redis, tmp_path):
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis)))
+    app.instance_path = str(tmp_path)
+    client = app.test_client()
+    sock, _ = monitor(real_redis)
+    pattern_user = "u*[a-z]?\\x"
+    created = client.post(API, json={"user_id": pattern_user, "token": TOKEN, "expires_at": future()}).json
+    client.put(f"{API}/{created['id']}", json={"token": TOKEN, "expires_at": future()})
+    for path in (API, f"{API}/current", f"{API}/validity"):
+        assert client.get(path, query_string={"user_id": pattern_user}).status_code == 200
+    client.get(f"{API}/{created['id']}")
+    client.delete(API, query_string={"user_id": pattern_user})
+    client.delete(API)
+    real_redis.ping()
+    sock.settimeout(0.5)
+    seen = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            seen += chunk
+    except TimeoutError:
+        pass
+    sock.close()
+    commands = {line.split(b'] "', 1)[1].split(b'"', 1)[0].upper() for line in seen.split(b"\r\n") if b'] "' in line}
+    assert b"EVALSHA" in commands or b"EVAL" in commands
+    assert not commands & {b"KEYS", b"SCAN", b"SSCAN", b"HSCAN", b"ZSCAN", b"PSUBSCRIBE", b"PUBSUB"}
+
+
+def test_unknown_field_names_are_echoed_only_when_they_look_like_field_names(client):
+    body = {"user_id": "u", "token": TOKEN, "expires_at": future(), "is_admin": True, TOKEN: 1, "X" * 30: 2}
+    response = client.post(API, json=body)
+    assert response.status_code == 422
+    errors = response.json["errors"]["json"]
+    assert errors["is_admin"] == ["Unknown field."]
+    assert errors["_unknown"] == ["2 unknown field(s); their names are not shown."]
+    assert TOKEN not in response.get_data(as_text=True)
+    null_body = client.post(API, data="null", content_type="application/json")
+    assert null_body.json["errors"]["json"] == {"_schema": ["Invalid input type."]}
