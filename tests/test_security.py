@@ -386,3 +386,28 @@ def test_unknown_field_names_are_echoed_only_when_they_look_like_field_names(cli
     assert TOKEN not in response.get_data(as_text=True)
     null_body = client.post(API, data="null", content_type="application/json")
     assert null_body.json["errors"]["json"] == {"_schema": ["Invalid input type."]}
+
+
+# --- key rotation ------------------------------------------------------------------------
+
+
+def test_rotation_leaves_a_record_it_cannot_decrypt_untouched_and_says_which(real_redis, tmp_path):
+    old_app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis)))
+    old_app.instance_path = str(tmp_path)
+    writer = old_app.test_client()
+    for index in range(3):
+        writer.post(API, json={"user_id": f"u{index}", "token": f"{TOKEN}{index}", "expires_at": future()})
+    tamper(real_redis, 2)
+    damaged = real_redis.hget("{sessionsvc}:r:2", "t")
+    new_key = generate_key("new")
+    app = create_app(Config(encryption_keys=(new_key, TEST_KEYS[0]), redis_url=redis_url(real_redis)))
+    result = app.test_cli_runner().invoke(args=["rotate-keys"])
+    assert result.exit_code != 0
+    assert "new: 0 records before, 2 after" in result.output
+    assert "test: 3 records before, 1 after" in result.output
+    assert "re-encrypted 2 records" in result.output
+    assert "store_002" in result.output
+    for secret in (new_key.partition(":")[2], TEST_KEYS[0].partition(":")[2], TOKEN):
+        assert secret not in result.output
+    assert real_redis.hget("{sessionsvc}:r:2", "t") == damaged
+    assert [real_redis.hget(f"{{sessionsvc}}:r:{n}", "t")[:4] for n in (1, 3)] == [b"new:", b"new:"]
