@@ -12,7 +12,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
 VISIBLE_ASCII_MESSAGE = "Must be printable ASCII without spaces or control characters."
-EXAMPLE_TOKEN = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."
+EXAMPLE_TOKEN = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."  # an OpenAPI example, not a secret  # nosec B105
 
 
 class Timestamp(fields.Field):
