@@ -84,7 +84,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         edge.declare_bearer_auth(api)
     app.register_blueprint(ops)
     register_error_handlers(app)
-    edge.install(app, config.api_keys)
+    edge.install(app, config.api_keys, config.proxy_hops)
     limits.install(app, config, client)  # after edge: budgets are spent per authenticated key
     cli.register(app)
     return app

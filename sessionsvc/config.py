@@ -101,6 +101,7 @@ class Config:
         default=(), metadata={"env": "SESSIONSVC_CORS_ORIGINS", "parse": _list}
     )
     rate_limit: str | None = field(default=None, metadata={"env": "SESSIONSVC_RATE_LIMIT"})
+    proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
 
     @property
     def production(self) -> bool:

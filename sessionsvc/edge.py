@@ -10,6 +10,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 from flask_smorest import Api, abort
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import PREFIX
 
@@ -52,8 +53,12 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def install(app: Flask, api_keys: tuple[str, ...]) -> None:
+def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
     app.wsgi_app = DoubledPrefixAlias(app.wsgi_app)
+    if proxy_hops:
+        # The client address (rate limits, logs) is the one the trusted proxies saw; with no
+        # proxies configured, X-Forwarded-For is ignored, since any client can write it.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxy_hops, x_proto=proxy_hops)
     # Digests are compared, so the comparison takes the same time whatever the lengths.
     key_digests = [_digest(key.encode()) for key in api_keys]
 

@@ -26,6 +26,10 @@ key                             type     content
                                          records Redis has expired
 ==============================  =======  ==================================================
 
+Rate-limit counters (flask-limiter, only when ``SESSIONSVC_RATE_LIMIT`` is set) share this
+Redis under ``P:limits:...`` (no braces: they are per client, not per store slot); they are
+written by flask-limiter through the store's connection pool, never by this module.
+
 Every record is in exactly the three indexes of its generation, and every change to a
 record and its index entries happens in one Lua script, so no reader or crash can see one
 without the other. Redis alone deletes records (their TTL); index entries of records it

@@ -98,3 +98,13 @@ def test_a_redis_outage_is_answered_by_the_store_not_the_limiter():
 @pytest.mark.parametrize("limit", ["100/second", "1000 per minute; 50 per second", "10/hour"])
 def test_documented_limit_forms_are_accepted(limit):
     Config(rate_limit=limit).check()
+
+
+def test_behind_trusted_proxies_the_forwarded_address_is_the_client(make_app):
+    direct = make_app(rate_limit="1/minute", key_prefix="direct").test_client()
+    forged = [{"X-Forwarded-For": f"198.51.100.{n}"} for n in range(2)]
+    assert [direct.get(API, headers=headers).status_code for headers in forged] == [200, 429]  # not trusted
+
+    proxied = make_app(rate_limit="1/minute", proxy_hops=1, key_prefix="proxied").test_client()
+    assert [proxied.get(API, headers=headers).status_code for headers in forged] == [200, 200]
+    assert proxied.get(API, headers=forged[0]).status_code == 429
