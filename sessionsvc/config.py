@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Mapping
 
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 
@@ -96,6 +96,7 @@ class Config:
         default=1, metadata={"env": "SESSIONSVC_RETRY_AFTER_SECONDS", "parse": _int}
     )
     log_level: str = field(default="INFO", metadata={"env": "SESSIONSVC_LOG_LEVEL"})
+    log_format: str = field(default="auto", metadata={"env": "SESSIONSVC_LOG_FORMAT"})
     cors_origins: tuple[str, ...] = field(
         default=(), metadata={"env": "SESSIONSVC_CORS_ORIGINS", "parse": _list}
     )
@@ -111,7 +112,7 @@ class Config:
         return not self.redis_url and not self.redis_sentinels
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         environ = os.environ if environ is None else environ
         values = {}
         for setting in fields(cls):
@@ -125,7 +126,7 @@ class Config:
             values[setting.name] = parse(raw, name) if parse else raw.strip()
         return cls(**values)
 
-    def with_overrides(self, **overrides: object) -> "Config":
+    def with_overrides(self, **overrides: object) -> Config:
         return replace(self, **overrides)
 
     def check(self) -> None:
@@ -136,6 +137,12 @@ class Config:
             raise ConfigError(
                 "SESSIONSVC_KEY_PREFIX: 1-64 characters of letters, digits, '_', '.', ':' or '-' "
                 "(braces are added by the store to form the hash tag)"
+            )
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError(f"SESSIONSVC_LOG_FORMAT: expected auto, json or text, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(
+                f"SESSIONSVC_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"
             )
         if self.max_ttl_seconds < 1:
             raise ConfigError("SESSIONSVC_MAX_TTL_SECONDS: must be at least 1")
