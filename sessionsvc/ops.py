@@ -17,6 +17,7 @@ DOCS_PAGE = """<!DOCTYPE html>
 <head>
   <meta charset="utf-8">
   <title>sessionsvc API</title>
+  <link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
   <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
 </head>
 <body>
