@@ -94,7 +94,7 @@ def documented_errors(*codes: int) -> Callable:
     """Document the error responses an operation can give, each in the one error shape."""
 
     def decorate(view: Callable) -> Callable:
-        for code in sorted({*codes, *COMMON_ERRORS}, reverse=True):
+        for code in sorted({*codes, *COMMON_ERRORS}):
             view = blp.alt_response(code, response=ERROR_RESPONSES[code][0])(view)
         return view
 
