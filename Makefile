@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint audit bench clean
+.PHONY: install run test lint audit openapi bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/bandit -q -r sessionsvc tools wsgi.py gunicorn.conf.py
 	$(BIN)/python tools/audit_dependencies.py requirements.txt
+
+# The committed OpenAPI document (a test fails while it differs from what is served).
+openapi: $(STAMP)
+	env -u SESSIONSVC_API_KEYS $(BIN)/flask --app wsgi openapi write openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache instance

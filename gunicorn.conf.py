@@ -4,8 +4,22 @@
 SESSIONSVC_BIND, and WEB_CONCURRENCY sets the number of workers.
 """
 
+import glob
 import os
+import shutil
+import tempfile
 
+# Metrics from every worker meet in one directory per instance (prometheus-client's
+# multiprocess mode): set before the app, and so prometheus-client, is imported. Several
+# instances on one host each get their own unless the operator names one.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sessionsvc-metrics-")
+    os.environ["SESSIONSVC_TEMPORARY_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+from sessionsvc.config import Config  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR is set
+from sessionsvc.logs import logging_config  # noqa: E402
+
+_app_config = Config.from_env()
 _embedded = not any(
     os.environ.get(name) for name in ("SESSIONSVC_REDIS_URL", "REDIS_URL", "SESSIONSVC_REDIS_SENTINELS")
 )
@@ -15,8 +29,8 @@ bind = [os.environ.get("SESSIONSVC_BIND", "127.0.0.1:8000")]
 workers = 1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("SESSIONSVC_WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("SESSIONSVC_WORKER_CONNECTIONS", "200"))
-# Above the Redis socket timeout (1 s) with room: a slow Redis gives 503s, never a killed worker.
-timeout = int(os.environ.get("SESSIONSVC_WORKER_TIMEOUT", "30"))
+# Well above the Redis socket timeout: a slow Redis gives 503s, never a killed worker.
+timeout = max(int(os.environ.get("SESSIONSVC_WORKER_TIMEOUT", "30")), int(_app_config.redis_timeout_seconds * 5) + 1)
 graceful_timeout = int(os.environ.get("SESSIONSVC_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
 max_requests = int(os.environ.get("SESSIONSVC_MAX_REQUESTS", "100000"))
@@ -26,6 +40,28 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 control_socket_disable = not os.environ.get("SESSIONSVC_CONTROL_SOCKET")
 control_socket = os.environ.get("SESSIONSVC_CONTROL_SOCKET") or None
 pidfile = os.environ.get("SESSIONSVC_PIDFILE") or None
-accesslog = os.environ.get("SESSIONSVC_ACCESS_LOG", "-")
-errorlog = "-"
-loglevel = os.environ.get("SESSIONSVC_LOG_LEVEL", "info").lower()
+# App, error and access lines: JSON (or text at a developer's terminal) on stderr, see
+# sessionsvc/logs.py. The access line's message never holds the query string.
+logconfig_dict = logging_config(_app_config)
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms route=%({sessionsvc.route}e)s rid=%({x-request-id}o)s'
+loglevel = _app_config.log_level.lower()
+
+
+def on_starting(server):
+    # Files left by an earlier run would resurrect its counters.
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for leftover in glob.glob(os.path.join(metrics_dir, "*.db")):
+        os.remove(leftover)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    temporary = os.environ.get("SESSIONSVC_TEMPORARY_METRICS_DIR")
+    if temporary and temporary == os.environ["PROMETHEUS_MULTIPROC_DIR"]:
+        shutil.rmtree(temporary, ignore_errors=True)

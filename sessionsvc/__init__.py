@@ -9,14 +9,9 @@ from typing import Any
 
 from flask import Flask
 
-from . import cli, edge, limits
-from .api import blp
+from . import logs
 from .config import Config
-from .crypto import Cipher, generate_key
-from .errors import ServiceApi, register_error_handlers
-from .ops import ops
-from .store import TokenStore, connect
-from .vault import TokenVault
+from .crypto import generate_key
 
 log = logging.getLogger("sessionsvc")
 
@@ -42,6 +37,16 @@ def development_keys(instance_path: str) -> tuple[str, ...]:
 def create_app(config: Config | Mapping[str, str] | None = None, redis_client: Any = None) -> Flask:
     """Build the app. `config` is a Config, or a mapping of SESSIONSVC_* variables; by
     default the process environment is read. `redis_client` overrides the connection."""
+    # Imported here, not at the top: gunicorn's master imports sessionsvc.logs for its
+    # logging setup and must not import redis before a gevent worker patches sockets.
+    from . import cli, edge, limits, metrics
+    from .api import blp
+    from .crypto import Cipher
+    from .errors import ServiceApi, register_error_handlers
+    from .ops import docs, health
+    from .store import TokenStore, connect
+    from .vault import TokenVault
+
     if config is None:
         config = Config.from_env()
     elif not isinstance(config, Config):
@@ -49,6 +54,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     config.check()
 
     app = Flask(__name__, instance_relative_config=True)
+    logs.install(app, config)
     app.json.sort_keys = False
     app.config.update(
         SESSIONSVC=config,
@@ -75,15 +81,17 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
             "Tokens live in this one process and vanish when it stops. "
             "Set SESSIONSVC_REDIS_URL for anything but a local trial."
         )
-    store = TokenStore(client, config.key_prefix, config.retention_seconds)
+    store = TokenStore(client, config.key_prefix, config.retention_seconds, observe=metrics.observe_store)
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
 
     api = ServiceApi(app)
     api.register_blueprint(blp)
+    api.register_blueprint(health)
     if config.api_keys:
         edge.declare_bearer_auth(api)
-    app.register_blueprint(ops)
+    app.register_blueprint(docs)
     register_error_handlers(app)
+    metrics.install(app)
     edge.install(app, config.api_keys, config.proxy_hops)
     limits.install(app, config, client)  # after edge: budgets are spent per authenticated key
     cli.register(app)

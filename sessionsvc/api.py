@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flask import Response, after_this_request, current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from .errors import ERROR_RESPONSES
 from .schemas import (
+    EXAMPLE_TOKEN,
     Cleared,
     CurrentToken,
     Deleted,
@@ -36,6 +39,68 @@ blp = Blueprint(
 
 
 audit_log = logging.getLogger("sessionsvc.audit")
+# What the contract shows for each operation, served as the OpenAPI examples.
+EXAMPLE_SUMMARY = {
+    "id": "store_001",
+    "user_id": "usr_9a2f31",
+    "token_preview": "eyJhbGci...Q3Yk",
+    "expires_at": "2026-03-26T11:00:00Z",
+    "is_valid": True,
+    "saved_at": "2026-03-26T08:00:00Z",
+}
+EXAMPLES = {
+    "list": {"data": [EXAMPLE_SUMMARY], "pagination": {"page": 1, "limit": 20, "total": 1}},
+    "detail": {
+        "id": "store_001",
+        "user_id": "usr_9a2f31",
+        "token": EXAMPLE_TOKEN,
+        "expires_at": "2026-03-26T11:00:00Z",
+        "is_valid": True,
+        "saved_at": "2026-03-26T08:00:00Z",
+    },
+    "current": {"token": EXAMPLE_TOKEN, "expires_at": "2026-03-26T11:00:00Z", "is_valid": True},
+    "validity": {"is_valid": True, "expires_at": "2026-03-26T11:00:00Z", "seconds_remaining": 3540},
+    "create": {"user_id": "usr_9a2f31", "token": EXAMPLE_TOKEN, "expires_at": "2026-03-26T11:00:00Z"},
+    "created": {
+        **EXAMPLE_SUMMARY,
+        "id": "store_002",
+        "saved_at": "2026-03-26T09:20:00Z",
+        "created_at": "2026-03-26T09:20:00Z",
+    },
+    "refresh": {"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.refreshed...", "expires_at": "2026-03-26T13:00:00Z"},
+    "refreshed": {
+        **EXAMPLE_SUMMARY,
+        "token_preview": "eyJhbGci...Zm2w",
+        "expires_at": "2026-03-26T13:00:00Z",
+        "saved_at": "2026-03-26T09:20:01Z",
+    },
+    "cleared": {"cleared": True, "message": CLEARED_MESSAGE},
+    "deleted": {"deleted": True, "id": "store_001"},
+}
+# Every /api/v1 operation can answer these (401 only when API keys are configured).
+COMMON_ERRORS = (401, 429, 503)
+BODY_ERRORS = (400, 413, 415, 422)
+ETAG_HEADER = {"ETag": {"description": "The record's version, for If-Match.", "schema": {"type": "string"}}}
+LINK_HEADER = {
+    "Link": {
+        "description": "RFC 8288 links to the first, previous, next and last pages "
+        "(`prev` and `next` only where such a page exists).",
+        "schema": {"type": "string"},
+        "example": '</api/v1/session-storage?page=1&limit=20>; rel="first", '
+        '</api/v1/session-storage?page=1&limit=20>; rel="last"',
+    }
+}
+
+
+def documented_errors(*codes: int) -> Callable:
+    """Document the error responses an operation can give, each in the one error shape."""
+
+    def decorate(view: Callable) -> Callable:
+        for code in sorted({*codes, *COMMON_ERRORS}):
+            view = blp.alt_response(code, response=ERROR_RESPONSES[code][0])(view)
+        return view
+
+    return decorate
 
 
 def vault() -> TokenVault:
@@ -66,6 +131,21 @@ def audit_reveal(revealed: Revealed, via: str) -> None:
     )
 
 
+def page_links(page: int, limit: int, total: int, user_id: str | None) -> str:
+    """The RFC 8288 `Link` header of a listing page."""
+    last = max(1, -(-total // limit))
+    targets = [("first", 1)]
+    if page > 1:
+        targets.append(("prev", min(page - 1, last)))
+    if page < last:
+        targets.append(("next", page + 1))
+    targets.append(("last", last))
+    return ", ".join(
+        f'<{url_for(".TokenCollection", page=number, limit=limit, user_id=user_id)}>; rel="{relation}"'
+        for relation, number in targets
+    )
+
+
 @blp.before_request
 def require_json_body():
     if request.method not in ("POST", "PUT"):
@@ -81,22 +161,34 @@ def require_json_body():
 
 @blp.route("")
 class TokenCollection(MethodView):
+    @blp.doc(operationId="listTokens")
     @blp.arguments(PageQuery, location="query", as_kwargs=True)
-    @blp.response(200, TokenPage)
+    @blp.response(200, TokenPage, example=EXAMPLES["list"], headers=LINK_HEADER)
+    @documented_errors(422)
     def get(self, page: int, limit: int, user_id: str | None):
         """List stored tokens, most recently saved first (previews only)."""
         total, records = vault().page(page, limit, user_id)
-        return {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
+        body = {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
+        return body, 200, {"Link": page_links(page, limit, total, user_id)}
 
-    @blp.arguments(TokenCreate)
-    @blp.response(201, TokenCreated)
+    @blp.doc(operationId="createToken")
+    @blp.arguments(TokenCreate, example=EXAMPLES["create"])
+    @blp.response(
+        201,
+        TokenCreated,
+        example=EXAMPLES["created"],
+        headers={"Location": {"description": "The new record's URL.", "schema": {"type": "string"}}},
+    )
+    @documented_errors(*BODY_ERRORS)
     def post(self, body: dict):
         """Store a token for a user."""
         record = vault().save(body["user_id"], body["token"], body["expires_at"])
         return record, 201, {"Location": url_for(".TokenItem", record_id=record.id)}
 
+    @blp.doc(operationId="clearTokens")
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
-    @blp.response(200, Cleared)
+    @blp.response(200, Cleared, example=EXAMPLES["cleared"])
+    @documented_errors(422)
     def delete(self, user_id: str | None):
         """Clear every stored token (or one user's)."""
         count = vault().clear(user_id)
@@ -106,8 +198,10 @@ class TokenCollection(MethodView):
 
 @blp.route("/current")
 class CurrentTokenView(MethodView):
+    @blp.doc(operationId="getCurrentToken")
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
-    @blp.response(200, CurrentToken)
+    @blp.response(200, CurrentToken, example=EXAMPLES["current"])
+    @documented_errors(404, 422)
     def get(self, user_id: str | None):
         """The most recently saved token still held (optionally for one user)."""
         revealed = vault().current(user_id)
@@ -120,8 +214,10 @@ class CurrentTokenView(MethodView):
 
 @blp.route("/validity")
 class ValidityView(MethodView):
+    @blp.doc(operationId="getTokenValidity")
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
-    @blp.response(200, Validity)
+    @blp.response(200, Validity, example=EXAMPLES["validity"])
+    @documented_errors(422)
     def get(self, user_id: str | None):
         """Whether the current token is still valid, and for how long."""
         record = vault().validity(user_id)
@@ -132,7 +228,9 @@ class ValidityView(MethodView):
 
 @blp.route("/<record_id>")
 class TokenItem(MethodView):
-    @blp.response(200, TokenDetail)
+    @blp.doc(operationId="getToken")
+    @blp.response(200, TokenDetail, example=EXAMPLES["detail"], headers=ETAG_HEADER)
+    @documented_errors(404)
     def get(self, record_id: str):
         """One stored token, in full."""
         revealed = vault().reveal(record_id)
@@ -147,14 +245,18 @@ class TokenItem(MethodView):
             "saved_at": record.saved_at,
         }, 200, {"ETag": f'"{record.version}"'}
 
-    @blp.arguments(TokenRefresh)
-    @blp.response(200, TokenSummary)
+    @blp.doc(operationId="refreshToken")
+    @blp.arguments(TokenRefresh, example=EXAMPLES["refresh"])
+    @blp.response(200, TokenSummary, example=EXAMPLES["refreshed"], headers=ETAG_HEADER)
+    @documented_errors(*BODY_ERRORS, 404, 412)
     def put(self, body: dict, record_id: str):
         """Replace a record's token and expiry (refresh)."""
         record = vault().refresh(record_id, body["token"], body["expires_at"])
         return record, 200, {"ETag": f'"{record.version}"'}
 
-    @blp.response(200, Deleted)
+    @blp.doc(operationId="deleteToken")
+    @blp.response(200, Deleted, example=EXAMPLES["deleted"])
+    @documented_errors(404)
     def delete(self, record_id: str):
         """Delete one stored token."""
         vault().delete(record_id)

@@ -1,4 +1,5 @@
-"""Operator commands: `flask --app wsgi <command>`."""
+"""Operator commands: `flask --app wsgi <command>`. Each prints what it found or did and
+exits non-zero when it failed (or, for check-index, when the index needs repair)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from .vault import TokenVault
 
 def _vault() -> TokenVault:
     return current_app.extensions["sessionsvc"]
+
+
+def _unavailable(error: StoreUnavailable, consequence: str) -> click.ClickException:
+    return click.ClickException(f"Redis unavailable ({error.kind}); {consequence}")
 
 
 def register(app: Flask) -> None:
@@ -31,7 +36,7 @@ def register(app: Flask) -> None:
         try:
             report = vault.rotate_keys()
         except StoreUnavailable as error:
-            raise click.ClickException(f"Redis unavailable ({error.kind}); nothing changed") from None
+            raise _unavailable(error, "nothing changed") from None
         click.echo(f"encrypting key: {vault.cipher.current_key_id}")
         for key_id in sorted(set(report.before) | set(report.after) | set(vault.cipher.key_ids)):
             before, after = report.before.get(key_id, 0), report.after.get(key_id, 0)
@@ -48,3 +53,54 @@ def register(app: Flask) -> None:
             raise click.ClickException(f"{leftover} records are still under older keys; run again")
         if report.unreadable:
             raise click.ClickException("some records are unreadable; see above (no key material is shown)")
+
+    @app.cli.command("stats")
+    @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
+                  help="How many users with the most records to list.")
+    def stats_command(top: int) -> None:
+        """Count records: in all, per user (the top N) and per encryption key id."""
+        try:
+            stats = _vault().stats()
+        except StoreUnavailable as error:
+            raise _unavailable(error, "no statistics") from None
+        click.echo(f"records: {stats.records}")
+        click.echo(f"users: {len(stats.by_user)}")
+        click.echo(f"top {top} users by records:")
+        for user_id, count in stats.by_user.most_common(top):
+            click.echo(f"  {user_id}: {count}")
+        click.echo("records per key id:")
+        for key_id, count in sorted(stats.by_key_id.items()):
+            click.echo(f"  {key_id}: {count}")
+
+    @app.cli.command("purge-user")
+    @click.argument("user_id")
+    def purge_user_command(user_id: str) -> None:
+        """Delete every record of one user."""
+        try:
+            count = _vault().clear(user_id)
+        except StoreUnavailable as error:
+            raise _unavailable(error, "nothing was purged, or only part: run again") from None
+        click.echo(f"purged {count} records of user {user_id}")
+
+    @app.cli.command("check-index")
+    @click.option("--repair", is_flag=True, help="Fix what is found instead of only reporting it.")
+    def check_index_command(repair: bool) -> None:
+        """Find index entries without a record, records missing from an index, and records
+        without a TTL (exit status 1 when any is found and not repaired)."""
+        store = _vault().store
+        try:
+            report = store.check_index(repair=repair)
+            remaining = store.check_index() if repair else report
+        except StoreUnavailable as error:
+            raise _unavailable(error, "check incomplete") from None
+        click.echo(f"expired entries pruned (routine): {report.pruned}")
+        click.echo(f"index entries without a record: {report.dangling_entries}")
+        click.echo(f"records missing from an index: {report.unindexed_records}")
+        click.echo(f"records without a TTL: {report.records_without_ttl}")
+        click.echo(f"records of an abandoned generation: {report.stale_records}")
+        if repair:
+            click.echo(f"repaired {report.problems} problems; {remaining.problems} remain")
+        if remaining.problems:
+            hint = "" if repair else "; run with --repair to fix"
+            raise click.ClickException(f"index has {remaining.problems} problems{hint}")
+        click.echo("index OK")

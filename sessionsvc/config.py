@@ -97,6 +97,7 @@ class Config:
         default=1, metadata={"env": "SESSIONSVC_RETRY_AFTER_SECONDS", "parse": _int}
     )
     log_level: str = field(default="INFO", metadata={"env": "SESSIONSVC_LOG_LEVEL"})
+    log_format: str = field(default="auto", metadata={"env": "SESSIONSVC_LOG_FORMAT"})
     cors_origins: tuple[str, ...] = field(
         default=(), metadata={"env": "SESSIONSVC_CORS_ORIGINS", "parse": _list}
     )
@@ -138,6 +139,12 @@ class Config:
             raise ConfigError(
                 "SESSIONSVC_KEY_PREFIX: 1-64 characters of letters, digits, '_', '.', ':' or '-' "
                 "(braces are added by the store to form the hash tag)"
+            )
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError(f"SESSIONSVC_LOG_FORMAT: expected auto, json or text, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(
+                f"SESSIONSVC_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"
             )
         if self.max_ttl_seconds < 1:
             raise ConfigError("SESSIONSVC_MAX_TTL_SECONDS: must be at least 1")

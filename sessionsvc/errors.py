@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -52,6 +53,24 @@ def without_unshowable_names(errors: Any) -> Any:
             shown[HIDDEN_FIELDS] = [f"{hidden} unknown field(s); their names are not shown."]
         cleaned[location] = shown
     return cleaned
+RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer", "example": 1},
+}
+
+# The documented error responses: OpenAPI component name and the example's message.
+ERROR_RESPONSES: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", MESSAGES[400]),
+    401: ("Unauthorized", "A valid API key is required (Authorization: Bearer <key>)."),
+    404: ("NotFound", "No session token with that id."),
+    412: ("PreconditionFailed", "The record has changed since that ETag; fetch it again."),
+    413: ("PayloadTooLarge", MESSAGES[413]),
+    415: ("UnsupportedMediaType", MESSAGES[415]),
+    422: ("UnprocessableEntity", MESSAGES[422]),
+    429: ("TooManyRequests", "Too many requests; retry after the time in Retry-After."),
+    503: ("ServiceUnavailable", "Token storage is temporarily unavailable; retry shortly."),
+}
+ERROR_EXAMPLE_DETAILS = {422: {"json": {"expires_at": ["Must be in the future."]}}}
 
 
 def error_body(code: int, message: str, errors: Any = None) -> dict:
@@ -62,7 +81,21 @@ def error_body(code: int, message: str, errors: Any = None) -> dict:
 
 
 class ServiceApi(Api):
-    """flask-smorest's Api whose error bodies always carry a message."""
+    """flask-smorest's Api whose error bodies always carry a message, and whose document
+    has one response component per error status, with an example."""
+
+    def init_app(self, app: Flask, *, spec_kwargs: dict | None = None) -> None:
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        for code, (name, message) in ERROR_RESPONSES.items():
+            response: dict[str, Any] = {
+                "description": message,
+                "schema": self.ERROR_SCHEMA,
+                "example": error_body(code, message, ERROR_EXAMPLE_DETAILS.get(code)),
+            }
+            if code in (429, 503):
+                response["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+            prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+            self.spec.components.response(name, response, lazy=True)
 
     def handle_http_exception(self, error: HTTPException):
         payload, code, headers = super().handle_http_exception(error)

@@ -1,19 +1,23 @@
-"""Operational endpoints: liveness, readiness and the self-hosted Swagger UI."""
+"""Operational endpoints: liveness and readiness (documented), and the self-hosted Swagger UI."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, send_from_directory
+from flask_smorest import Blueprint as ApiBlueprint
 from swagger_ui_bundle import swagger_ui_path
 
+from .schemas import Health, Readiness
 from .store import StoreUnavailable
 
-ops = Blueprint("ops", __name__)
+health = ApiBlueprint("health", __name__, description="Liveness and readiness probes; never authenticated.")
+docs = Blueprint("docs", __name__)
 
 DOCS_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>sessionsvc API</title>
+  <link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
   <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
 </head>
 <body>
@@ -32,33 +36,53 @@ DOCS_INIT = """window.ui = SwaggerUIBundle({
 });
 """
 
+READY_EXAMPLE = {"status": "ok", "redis": "ok", "scripts": "loaded"}
+NOT_READY_EXAMPLE = {"status": "unavailable", "redis": "connection", "scripts": "unknown"}
 
-@ops.get("/healthz")
+
+@health.route("/healthz", methods=["GET"])
+@health.doc(operationId="getHealth")
+@health.response(200, Health, example={"status": "ok"})
 def healthz():
     """Liveness: the process answers; Redis is not consulted."""
     return {"status": "ok"}
 
 
-@ops.get("/readyz")
+@health.route("/readyz", methods=["GET"])
+@health.doc(operationId="getReadiness")
+@health.response(200, Readiness, example=READY_EXAMPLE)
+@health.alt_response(
+    503,
+    schema=Readiness,
+    description="Redis does not answer, or cannot run the store's scripts.",
+    example=NOT_READY_EXAMPLE,
+    headers={"Retry-After": {"description": "Seconds to wait before asking again.", "schema": {"type": "integer"}}},
+)
 def readyz():
-    """Readiness: Redis answers PING within the client timeout."""
+    """Readiness: Redis answers PING within the client timeout and holds the store's scripts."""
+    store = current_app.extensions["sessionsvc"].store
+    retry_after = {"Retry-After": str(current_app.config["SESSIONSVC"].retry_after_seconds)}
     try:
-        current_app.extensions["sessionsvc"].store.ping()
+        store.ping()
     except StoreUnavailable as error:
-        return {"status": "unavailable", "redis": error.kind}, 503, {"Retry-After": "1"}
-    return {"status": "ok", "redis": "ok"}
+        return {"status": "unavailable", "redis": error.kind, "scripts": "unknown"}, 503, retry_after
+    try:
+        store.load_scripts()
+    except StoreUnavailable as error:
+        return {"status": "unavailable", "redis": "ok", "scripts": error.kind}, 503, retry_after
+    return READY_EXAMPLE
 
 
-@ops.get("/docs")
-def docs():
+@docs.get("/docs")
+def docs_page():
     return DOCS_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
 
 
-@ops.get("/docs/init.js")
+@docs.get("/docs/init.js")
 def docs_init():
     return DOCS_INIT, 200, {"Content-Type": "application/javascript"}
 
 
-@ops.get("/docs/assets/<path:filename>")
+@docs.get("/docs/assets/<path:filename>")
 def docs_assets(filename: str):
     return send_from_directory(str(swagger_ui_path), filename, max_age=3600)

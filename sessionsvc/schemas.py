@@ -188,3 +188,22 @@ class Cleared(Schema):
 class Deleted(Schema):
     deleted = fields.Boolean(metadata={"example": True})
     id = fields.String(metadata={"example": "store_001"})
+
+
+class Health(Schema):
+    """The process answers."""
+
+    status = fields.String(metadata={"example": "ok"})
+
+
+class Readiness(Schema):
+    """Whether this instance can serve: Redis answers PING and holds the store's scripts."""
+
+    status = fields.String(metadata={"description": "`ok` or `unavailable`.", "example": "ok"})
+    redis = fields.String(
+        metadata={"description": "`ok`, or the kind of failure (`connection`, `timeout`, ...).", "example": "ok"}
+    )
+    scripts = fields.String(
+        metadata={"description": "`loaded`, `unknown` (Redis did not answer) or the kind of failure.",
+                  "example": "loaded"}
+    )

@@ -13,6 +13,8 @@ key                             type     content
 ``{P}:saves``                   string   save counter: the true order of POSTs and PUTs
 ``{P}:gen``                     string   current generation G (absent means 0)
 ``{P}:reclaim``                 set      old generations whose keys are still being freed
+``{P}:pruned``                  string   index entries pruned so far (a store-wide counter
+                                         for metrics; INCRBY in ``prune``)
 ``{P}:r:<n>``                   hash     record ``n``: ``u`` user id, ``t`` sealed token,
                                          ``p`` preview, ``e`` expires_at (unix s), ``s``
                                          saved_at, ``c`` created_at, ``o`` save number
@@ -57,10 +59,24 @@ Commands per operation (each is one EVALSHA, i.e. one round-trip)
   invisible at once; ``reclaim`` frees its keys afterwards in bounded batches
   (ZRANGE exp + UNLINK/ZREM per entry), also a little at every save.
 - clear (one user): ZRANGE the user's index, UNLINK + ZREM x2 per record, DEL the index.
+
+Operations for operators and monitoring
+---------------------------------------
+- readiness: PING; SCRIPT EXISTS of every script (SCRIPT LOAD of any missing one).
+- census (every metrics scrape): GET gen, TIME, ZCARD all, ZCOUNT exp, GET pruned,
+  ZRANDMEMBER all ``CENSUS_SAMPLE`` + HMGET per sampled record: the live count is exact,
+  the count per key id is exact up to ``CENSUS_SAMPLE`` records and a uniform sample
+  above (``scan`` gives exact counts, for the ``stats`` command).
+- check-index: the prune script until nothing is due; SCAN MATCH ``{P}:r:*`` then, per
+  batch of records, HMGET + PTTL + ZSCORE x3 (repair: PEXPIREAT, ZADD x3, UNLINK of
+  records of a generation neither current nor being reclaimed); ZRANGE of ``all``,
+  ``exp`` and every ``u`` index (SCAN MATCH ``{P}:u:G:*``) in batches, HMGET per entry
+  (repair: ZREM of entries whose record is not held).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +103,8 @@ PRUNE_BATCH = 256
 RECLAIM_BATCH = 1000
 ID_BLOCK = 16
 RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
+CENSUS_SAMPLE = 200
+SEALED_HEAD_BYTES = 17  # enough for '<key id>:' (key ids are at most 16 characters)
 
 
 class NotFound(Exception):
@@ -127,6 +145,34 @@ class Record:
     @property
     def id(self) -> str:
         return format_id(self.number)
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """What a metrics scrape reads: cheap at any size."""
+
+    records: int
+    pruned: int
+    sealed_heads: list[bytes]  # the first bytes of a uniform sample of sealed tokens
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    """What check-index found (and, when repairing, fixed)."""
+
+    pruned: int = 0
+    dangling_entries: int = 0
+    unindexed_records: int = 0
+    records_without_ttl: int = 0
+    stale_records: int = 0
+
+    @property
+    def problems(self) -> int:
+        return self.dangling_entries + self.unindexed_records + self.records_without_ttl + self.stale_records
+
+
+# Called after every store operation: (operation, seconds, error kind or None).
+Observer = Callable[[str, float, "str | None"], None]
 
 
 def format_id(number: int) -> str:
@@ -174,7 +220,10 @@ local function prune(batch)
     redis.call('ZREM', user_key(user), n)
     redis.call('UNLINK', rec_key(n))
   end
-  if #dead > 0 then redis.call('ZREM', exp_key, unpack(dead)) end
+  if #dead > 0 then
+    redis.call('ZREM', exp_key, unpack(dead))
+    redis.call('INCRBY', root .. ':pruned', #dead)
+  end
   return #dead
 end
 
@@ -415,6 +464,74 @@ redis.call('HSET', rec_key(n), 't', ARGV[4])
 return 1
 """
 
+# ARGV: root, sample size -> {live records, entries pruned so far, sealed-token head...}
+_CENSUS = """
+local reply = {redis.call('ZCARD', all_key) - dead_count(),
+               tonumber(redis.call('GET', root .. ':pruned') or '0')}
+for _, n in ipairs(redis.call('ZRANDMEMBER', all_key, tonumber(ARGV[2]))) do
+  local held = redis.call('HMGET', rec_key(n), 'g', 't')
+  if held[1] == gen and held[2] then reply[#reply + 1] = string.sub(held[2], 1, tonumber(ARGV[3])) end
+end
+return reply
+"""
+
+# ARGV: root, batch -> index entries pruned
+_PRUNE = """
+return prune(tonumber(ARGV[2]))
+"""
+
+# ARGV: root, retention (ms), repair ('1' fixes), record number...
+# -> {records missing from an index, records without a TTL, records of a stale generation}
+_CHECK_RECORDS = """
+local retention, repair = tonumber(ARGV[2]), ARGV[3] == '1'
+local unindexed, no_ttl, stale = 0, 0, 0
+for i = 4, #ARGV do
+  local n = ARGV[i]
+  local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o', 'e')
+  local user = held[1]
+  if user and held[2] ~= gen then
+    if not held[2] or redis.call('SISMEMBER', reclaim_key, held[2]) == 0 then
+      stale = stale + 1
+      if repair then redis.call('UNLINK', rec_key(n)) end
+    end
+  elseif user then
+    local ttl = redis.call('PTTL', rec_key(n))
+    local death = now + ttl
+    if ttl < 0 then
+      no_ttl = no_ttl + 1
+      death = tonumber(held[4] or '0') * 1000 + retention
+      if repair then redis.call('PEXPIREAT', rec_key(n), ms(death)) end
+    end
+    if not redis.call('ZSCORE', all_key, n) or not redis.call('ZSCORE', user_key(user), n)
+        or not redis.call('ZSCORE', exp_key, n .. ':' .. user) then
+      unindexed = unindexed + 1
+      if repair then index_add(n, user, tonumber(held[3] or '0'), death) end
+    end
+  end
+end
+return {unindexed, no_ttl, stale}
+"""
+
+# ARGV: root, repair ('1' removes), index ('all' | 'exp' | 'user'), user, position, count
+# -> {entries read, entries whose record is not held}
+_CHECK_ENTRIES = """
+local repair, kind, user = ARGV[2] == '1', ARGV[3], ARGV[4]
+local index = all_key
+if kind == 'exp' then index = exp_key elseif kind == 'user' then index = user_key(user) end
+local members = redis.call('ZRANGE', index, ARGV[5], ARGV[5] + ARGV[6] - 1)
+local dangling = 0
+for _, member in ipairs(members) do
+  local n, owner = member, user
+  if kind == 'exp' then n, owner = split(member) end
+  local held = redis.call('HMGET', rec_key(n), 'u', 'g')
+  if not held[1] or held[2] ~= gen or (kind ~= 'all' and held[1] ~= owner) then
+    dangling = dangling + 1
+    if repair then redis.call('ZREM', index, member) end
+  end
+end
+return {#members, dangling}
+"""
+
 _SCRIPTS = {
     "create": _CREATE,
     "refresh": _REFRESH,
@@ -428,6 +545,10 @@ _SCRIPTS = {
     "reclaim": _RECLAIM,
     "scan": _SCAN,
     "reseal": _RESEAL,
+    "census": _CENSUS,
+    "prune": _PRUNE,
+    "check_records": _CHECK_RECORDS,
+    "check_entries": _CHECK_ENTRIES,
 }
 
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
@@ -502,10 +623,17 @@ def connect(
 class TokenStore:
     """Records and their indexes in one Redis (or Cluster slot), under one key prefix."""
 
-    def __init__(self, client: Any, key_prefix: str = "sessionsvc", retention_seconds: int = 86400):
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str = "sessionsvc",
+        retention_seconds: int = 86400,
+        observe: Observer | None = None,
+    ):
         self.client = client
         self.root = "{" + key_prefix + "}"
         self.retention_ms = retention_seconds * 1000
+        self.observe = observe
         self._gen_key = [self.root + ":gen"]
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
         self._id_lock = threading.Lock()
@@ -514,19 +642,32 @@ class TokenStore:
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
+    def _timed(self, operation: str, call: Callable[[], Any], retry: bool = False, any_error: bool = False) -> Any:
+        """Run `call`, mapping Redis failures to StoreUnavailable(kind) and reporting the
+        duration and outcome to the observer. `any_error` maps every RedisError."""
         attempts = 2 if retry else 1
-        for attempt in range(attempts):
-            try:
-                return self._scripts[name](keys=self._gen_key, args=[self.root, *args])
-            except RedisError as error:
-                kind = _unavailable_kind(error)
-                if kind is None:
-                    raise
-                if attempt + 1 == attempts:
-                    raise StoreUnavailable(kind) from None
-                time.sleep(0.02)
-        raise AssertionError("unreachable")
+        started, failed_kind = time.perf_counter(), None
+        try:
+            for attempt in range(attempts):
+                try:
+                    return call()
+                except RedisError as error:
+                    kind = _unavailable_kind(error) or ("error" if any_error else None)
+                    if kind is None:
+                        failed_kind = "error"
+                        raise
+                    if attempt + 1 == attempts:
+                        failed_kind = kind
+                        raise StoreUnavailable(kind) from None
+                    time.sleep(0.02)
+            raise AssertionError("unreachable")
+        finally:
+            if self.observe is not None:
+                self.observe(operation, time.perf_counter() - started, failed_kind)
+
+    def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
+        script = self._scripts[name]
+        return self._timed(name, lambda: script(keys=self._gen_key, args=[self.root, *args]), retry)
 
     @staticmethod
     def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
@@ -549,10 +690,21 @@ class TokenStore:
         )
 
     def ping(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except RedisError as error:
-            raise StoreUnavailable(_unavailable_kind(error) or "error") from None
+        return bool(self._timed("ping", self.client.ping, any_error=True))
+
+    def load_scripts(self) -> int:
+        """Make sure Redis holds every script (SCRIPT EXISTS, then SCRIPT LOAD of any
+        missing one, e.g. after a restart); returns how many had to be loaded."""
+        scripts = list(self._scripts.values())
+
+        def load() -> int:
+            held = self.client.script_exists(*[script.sha for script in scripts])
+            missing = [script for script, exists in zip(scripts, held, strict=True) if not exists]
+            for script in missing:
+                self.client.script_load(script.script)
+            return len(missing)
+
+        return self._timed("load_scripts", load, any_error=True)
 
     # --- ids -----------------------------------------------------------------------
 
@@ -560,10 +712,8 @@ class TokenStore:
         """A record number no other caller will ever get (ids are allocated in blocks)."""
         with self._id_lock:
             if self._next_number >= self._block_end or self._next_number == 0:
-                try:
-                    end = int(self.client.incrby(self.root + ":ids", ID_BLOCK))
-                except RedisError as error:
-                    raise StoreUnavailable(_unavailable_kind(error) or "error") from None
+                reserve = lambda: self.client.incrby(self.root + ":ids", ID_BLOCK)  # noqa: E731
+                end = int(self._timed("reserve", reserve, any_error=True))
                 self._next_number, self._block_end = end - ID_BLOCK + 1, end + 1
             number = self._next_number
             self._next_number += 1
@@ -647,6 +797,51 @@ class TokenStore:
 
     def reseal(self, number: int, old: bytes, new: bytes) -> bool:
         return bool(self._run("reseal", number, old, new))
+
+    # --- monitoring and maintenance -------------------------------------------------
+
+    def census(self, sample: int = CENSUS_SAMPLE) -> Census:
+        reply = self._run("census", sample, SEALED_HEAD_BYTES, retry=True)
+        return Census(records=int(reply[0]), pruned=int(reply[1]), sealed_heads=list(reply[2:]))
+
+    def check_index(self, repair: bool = False, batch: int = 500) -> IndexReport:
+        """Compare records and index entries of the current generation; with `repair`,
+        re-index records, give TTL-less records their TTL and drop dangling entries.
+
+        Index entries of records Redis has expired are pruned first (routine, what every
+        save does), so whatever dangles afterwards is damage.
+        """
+        pruned = 0
+        while step := int(self._run("prune", batch)):
+            pruned += step
+        flag = "1" if repair else "0"
+        unindexed = no_ttl = stale = 0
+        for keys in self._keys(self.root + ":r:*", batch):
+            numbers = [key[len(self.root) + 3 :] for key in keys]
+            found = [int(count) for count in self._run("check_records", self.retention_ms, flag, *numbers)]
+            unindexed, no_ttl, stale = unindexed + found[0], no_ttl + found[1], stale + found[2]
+        generation = self._timed("check_index", lambda: self.client.get(self.root + ":gen"), any_error=True)
+        user_prefix = f"{self.root}:u:{int(generation or 0)}:"
+        indexes = [("all", b""), ("exp", b"")]
+        for keys in self._keys(user_prefix + "*", batch):
+            indexes += [("user", key[len(user_prefix) :]) for key in keys]
+        dangling = 0
+        for kind, user in indexes:
+            position = 0
+            while True:
+                read, found_here = (int(x) for x in self._run("check_entries", flag, kind, user, position, batch))
+                dangling += found_here
+                if read < batch:
+                    break
+                position += read - (found_here if repair else 0)
+        return IndexReport(pruned, dangling, unindexed, no_ttl, stale)
+
+    def _keys(self, pattern: str, batch: int) -> Iterator[list[bytes]]:
+        """Names of keys matching a pattern of the store's own prefix, in batches (SCAN,
+        never KEYS; no user input is ever part of the pattern)."""
+        keys = self.client.scan_iter(match=pattern, count=batch)
+        while chunk := self._timed("scan_keys", lambda: list(itertools.islice(keys, batch)), any_error=True):
+            yield chunk
 
 
 StoreFactory = Callable[[], TokenStore]

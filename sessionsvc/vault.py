@@ -7,6 +7,7 @@ them only when a full token is to be returned, and computes the clear-text previ
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 from .crypto import Cipher, DecryptionError
@@ -31,6 +32,24 @@ class Revealed:
     record: Record
     token: str
     fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Exact counts from a full pass over the records (an operator command, not a scrape)."""
+
+    records: int
+    by_user: Counter[str]
+    by_key_id: Counter[str]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCensus:
+    """Cheap counts for a metrics scrape."""
+
+    records: int
+    pruned: int
+    by_key_id: dict[str, int]  # exact up to the sample size, estimated above
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,22 @@ class TokenVault:
             self.store.reclaim()
         except StoreUnavailable as error:
             log.warning("reclaim after clear postponed", extra={"redis_error": error.kind})
+    def stats(self) -> Stats:
+        by_user: Counter[str] = Counter()
+        by_key_id: Counter[str] = Counter()
+        for _, user_id, sealed in self.store.scan():
+            by_user[user_id] += 1
+            by_key_id[self.cipher.key_id_of(sealed)] += 1
+        return Stats(records=sum(by_user.values()), by_user=by_user, by_key_id=by_key_id)
+
+    def census(self) -> KeyCensus:
+        """Live records, entries pruned so far, and records per key id scaled up from a
+        uniform sample (exact while the store holds no more records than the sample)."""
+        census = self.store.census()
+        sampled = Counter(self.cipher.key_id_of(head) for head in census.sealed_heads)
+        scale = census.records / len(census.sealed_heads) if census.sealed_heads else 0
+        by_key_id = {key_id: round(count * scale) for key_id, count in sampled.items()}
+        return KeyCensus(records=census.records, pruned=census.pruned, by_key_id=by_key_id)
 
     def count_by_key(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -1,0 +1,153 @@
+"""Log lines: JSON (python-json-logger) for log shippers, plain text at a developer's terminal.
+
+One configuration, `logging_config`, serves the app and gunicorn alike: `gunicorn.conf.py`
+hands it to gunicorn as `logconfig_dict`, and `create_app` applies the app's part when
+nothing else configured logging (the `flask` CLI, tests, other servers).
+
+- App lines (logger ``sessionsvc``) carry the request id, method and route template of
+  the request they belong to.
+- gunicorn's access lines carry the request id, method, route template, path, status,
+  duration and size, taken from gunicorn's atoms: the ``X-Request-ID`` response header and
+  the route the app leaves in the WSGI environ (``sessionsvc.route``).
+
+Nothing here reads a query string, a body or an ``Authorization`` header, so no token can
+reach a log line through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+from .config import Config
+
+ROUTE_ENVIRON_KEY = "sessionsvc.route"
+UNMATCHED_ROUTE = "<unmatched>"
+JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
+JSON_RENAMES = {"levelname": "level", "name": "logger"}
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+REQUEST_FIELDS = ("request_id", "method", "route")
+
+
+def route_template() -> str:
+    """The matched URL rule (``/api/v1/session-storage/<record_id>``), never the raw path:
+    what log lines and metrics name a request by."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
+
+
+def human_readable(config: Config, stream: Any = None) -> bool:
+    """Plain text when asked for, or in development when a person watches the terminal."""
+    if config.log_format != "auto":
+        return config.log_format == "text"
+    stream = sys.stderr if stream is None else stream
+    return not config.production and stream.isatty()
+
+
+class RequestContext(logging.Filter):
+    """Adds the current request's id, method and route template to app log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if has_request_context():
+            record.request_id = g.get("request_id")
+            record.method = request.method
+            record.route = route_template()
+        return True
+
+
+class JsonFormatter(_JsonFormatter):
+    """One JSON object per line: time, level, logger, message, then any extra fields."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(JSON_FIELDS, rename_fields=JSON_RENAMES, timestamp="time", **kwargs)
+
+
+class AccessJsonFormatter(JsonFormatter):
+    """gunicorn's access line as JSON fields, picked from its atoms (never ``r``, ``q`` or
+    request headers, which could hold a query string or credentials)."""
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        atoms = record.args if isinstance(record.args, Mapping) else {}
+
+        def atom(name: str) -> Any:
+            value = atoms.get(name)
+            return None if value in ("-", None) else value
+
+        status = atom("s")
+        duration_us = atom("D")
+        fields = {
+            "request_id": atom("{x-request-id}o"),
+            "method": atom("m"),
+            "route": atom(f"{{{ROUTE_ENVIRON_KEY}}}e"),
+            "path": atom("U"),
+            "status": int(status) if status is not None else None,
+            "duration_ms": round(duration_us / 1000, 3) if duration_us is not None else None,
+            "bytes": atom("B"),
+            "remote_addr": atom("h"),
+        }
+        log_data["message"] = f"{fields['method']} {fields['route'] or fields['path']} {status}"
+        log_data.update(fields)
+
+
+class TextFormatter(logging.Formatter):
+    """A line for people: time, level, logger, message, then the request fields if any."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(TEXT_FORMAT, **kwargs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{name}={getattr(record, name)}" for name in REQUEST_FIELDS if hasattr(record, name))
+        return f"{line} [{context}]" if context else line
+
+
+def logging_config(config: Config) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for the app's and gunicorn's loggers."""
+    human = human_readable(config)
+    app_formatter = "sessionsvc.logs.TextFormatter" if human else "sessionsvc.logs.JsonFormatter"
+    access_formatter = "sessionsvc.logs.TextFormatter" if human else "sessionsvc.logs.AccessJsonFormatter"
+    level = config.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_context": {"()": "sessionsvc.logs.RequestContext"}},
+        "formatters": {"app": {"()": app_formatter}, "access": {"()": access_formatter}},
+        "handlers": {
+            "app": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "app",
+                "filters": ["request_context"],
+            },
+            "access": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "access"},
+        },
+        "loggers": {
+            "sessionsvc": {"level": level, "handlers": ["app"], "propagate": False},
+            "gunicorn.error": {"level": level, "handlers": ["app"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        },
+        "root": {"level": "WARNING", "handlers": ["app"]},
+    }
+
+
+def install(app: Flask, config: Config) -> None:
+    """Give the app's logger a handler unless one was configured (e.g. by gunicorn), and
+    leave each request's route template in the environ for gunicorn's access line."""
+    logger = logging.getLogger("sessionsvc")
+    logger.setLevel(config.log_level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(TextFormatter() if human_readable(config) else JsonFormatter())
+        handler.addFilter(RequestContext())
+        logger.addHandler(handler)
+
+    @app.after_request
+    def leave_route_for_access_log(response: Response) -> Response:
+        request.environ[ROUTE_ENVIRON_KEY] = route_template()
+        return response

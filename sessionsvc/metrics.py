@@ -1,0 +1,128 @@
+"""Prometheus metrics at ``/metrics`` (prometheus-client).
+
+Per-process metrics (requests, store operations, Redis errors) live in prometheus-client's
+own registry; under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (set per instance by
+``gunicorn.conf.py``) switches them to its multiprocess mode, so one scrape adds up every
+worker. Store-wide figures (records held, records per encryption key id, index entries
+pruned) are read from Redis at scrape time by one cheap script (see ``TokenStore.census``);
+every instance reports the same store-wide values, so aggregate them with ``max``.
+
+Labels are route templates, methods, statuses, operation names, error kinds and key ids:
+never a token, a user id or a raw path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .logs import route_template
+from .store import StoreUnavailable
+from .vault import TokenVault
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HTTP_REQUESTS = Counter(
+    "sessionsvc_http_requests", "HTTP requests answered.", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "sessionsvc_http_request_duration_seconds",
+    "Time from the request reaching the app to its response.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+STORE_LATENCY = Histogram(
+    "sessionsvc_store_operation_duration_seconds",
+    "Duration of store operations (one Redis round-trip each, retries included).",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+REDIS_ERRORS = Counter(
+    "sessionsvc_redis_errors", "Store operations that failed, by kind of Redis error.", ["kind"]
+)
+
+metrics = Blueprint("metrics", __name__)
+
+
+def observe_store(operation: str, seconds: float, error_kind: str | None) -> None:
+    """The store's observer: latency per operation, and failures by kind."""
+    STORE_LATENCY.labels(operation).observe(seconds)
+    if error_kind is not None:
+        REDIS_ERRORS.labels(error_kind).inc()
+
+
+class StoreCollector:
+    """Store-wide figures, read from Redis when scraped."""
+
+    def __init__(self, vault: TokenVault):
+        self.vault = vault
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("sessionsvc_store_up", "1 when the scrape could read the store.")
+        try:
+            census = self.vault.census()
+        except StoreUnavailable:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily("sessionsvc_records", "Records held (store-wide).", value=census.records)
+        by_key = GaugeMetricFamily(
+            "sessionsvc_records_by_key_id",
+            "Records per encryption key id (store-wide): exact up to 200 records, "
+            "scaled from a uniform sample of 200 above; `stats` gives exact counts.",
+            labels=["key_id"],
+        )
+        for key_id, count in sorted(census.by_key_id.items()):
+            by_key.add_metric([key_id], count)
+        yield by_key
+        yield CounterMetricFamily(
+            "sessionsvc_index_entries_pruned",
+            "Index entries of expired records pruned (store-wide, kept in Redis).",
+            value=census.pruned,
+        )
+
+
+@metrics.get("/metrics")
+def scrape() -> Response:
+    store_registry = CollectorRegistry(auto_describe=False)
+    store_registry.register(StoreCollector(current_app.extensions["sessionsvc"]))
+    multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if multiprocess_dir:
+        process_registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(process_registry, path=multiprocess_dir)
+    else:
+        process_registry = REGISTRY
+    body = generate_latest(process_registry) + generate_latest(store_registry)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask) -> None:
+    app.register_blueprint(metrics)
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        started = g.get("started")
+        labels = (request.method, route_template(), str(response.status_code))
+        HTTP_REQUESTS.labels(*labels).inc()
+        if started is not None:
+            HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,220 @@
+"""What operators and API consumers read: health, metrics, the OpenAPI document, Link
+headers, log formatting. Each app test runs on fakeredis and on the private redis-server."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from conftest import API, TEST_KEYS
+from servers import free_port
+from sessionsvc import create_app
+from sessionsvc.config import Config
+from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACT_ERRORS = {"401", "429", "503"}
+
+
+def metric(body: str, name: str, **labels: str) -> float | None:
+    label_text = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = "^" + re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" (\S+)$"
+    found = re.search(pattern, body, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+def test_healthz_and_readyz_answer_json(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "redis": "ok", "scripts": "loaded"}
+
+
+def test_readyz_loads_scripts_redis_has_lost(client, raw):
+    raw.script_flush()
+    vault = client.application.extensions["sessionsvc"]
+    assert vault.store.load_scripts() == len(vault.store._scripts)
+    raw.script_flush()
+    assert client.get("/readyz").json["scripts"] == "loaded"
+    assert vault.store.load_scripts() == 0
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_by_route_template_and_store_figures(client, save, raw):
+    first = save(user_id="usr_metrics")
+    save(user_id="usr_metrics")
+    client.get(f"{API}/{first['id']}")
+    client.get(f"{API}/store_999")
+    # An index entry whose death has passed is pruned (and counted) by the next save.
+    raw.zadd("{sessionsvc}:exp:0", {"77:usr_gone": 1})
+    save(user_id="usr_other")
+
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "sessionsvc_http_requests_total", method="GET", route=API + "/<record_id>", status="200") >= 1
+    assert metric(body, "sessionsvc_http_requests_total", method="GET", route=API + "/<record_id>", status="404") >= 1
+    assert metric(body, "sessionsvc_store_operation_duration_seconds_count", operation="create") >= 3
+    assert metric(body, "sessionsvc_records") == 3
+    assert metric(body, "sessionsvc_records_by_key_id", key_id="test") == 3
+    assert metric(body, "sessionsvc_index_entries_pruned_total") == 1
+    assert metric(body, "sessionsvc_store_up") == 1
+    assert "usr_metrics" not in body and "store_001" not in body and first["token_preview"] not in body
+
+
+def test_metrics_count_redis_errors_by_kind_and_still_answer_when_redis_is_down(tmp_path):
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    app.instance_path = str(tmp_path)
+    client = app.test_client()
+    before = metric(client.get("/metrics").get_data(as_text=True), "sessionsvc_redis_errors_total", kind="connection")
+    assert client.get(API).status_code == 503
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "sessionsvc_store_up") == 0
+    assert metric(body, "sessionsvc_redis_errors_total", kind="connection") >= (before or 0) + 2
+
+
+def test_records_per_key_id_is_scaled_from_a_sample_when_the_store_is_large(vault):
+    cipher = vault.cipher
+    for number in range(1, 301):
+        vault.store.create(number, "usr_bulk", cipher.seal("t" * 30, f"store_{number:03d}", "usr_bulk"), "...", 2**31)
+    census = vault.census()
+    assert census.records == 300
+    assert census.by_key_id == {"test": 300}
+
+
+# --- OpenAPI ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def document() -> dict:
+    app = create_app(Config(encryption_keys=TEST_KEYS), redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    return app.test_client().get("/openapi.json").json
+
+
+def test_served_openapi_document_matches_the_committed_openapi_json(document):
+    committed = json.loads((ROOT / "openapi.json").read_text())
+    assert document == committed, (
+        "openapi.json is stale: regenerate it with `flask --app wsgi openapi write openapi.json` and review the diff"
+    )
+
+
+def test_every_operation_is_fit_for_code_generators(document):
+    operations = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in ("get", "post", "put", "delete")
+    ]
+    assert len([path for path, _, _ in operations if path.startswith(API)]) == 8
+    assert len({operation["operationId"] for _, _, operation in operations}) == len(operations)
+    for path, method, operation in operations:
+        assert operation["summary"]
+        success = next(code for code in operation["responses"] if code.startswith("2"))
+        assert "example" in operation["responses"][success]["content"]["application/json"], (method, path)
+        if path.startswith(API):
+            assert CONTRACT_ERRORS <= set(operation["responses"]), (method, path)
+        if "requestBody" in operation:
+            assert "example" in operation["requestBody"]["content"]["application/json"]
+            assert {"400", "413", "415", "422"} <= set(operation["responses"])
+    for name, response in document["components"]["responses"].items():
+        if name != "DEFAULT_ERROR":
+            assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    by_id = {operation["operationId"]: operation for _, _, operation in operations}
+    assert {"404", "412"} <= set(by_id["refreshToken"]["responses"])
+    assert "404" in by_id["getToken"]["responses"] and "404" in by_id["getCurrentToken"]["responses"]
+    parameters = {parameter["name"]: parameter["schema"] for parameter in by_id["listTokens"]["parameters"]}
+    assert (parameters["page"]["minimum"], parameters["page"]["default"]) == (1, 1)
+    limit = parameters["limit"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 20)
+    assert "Link" in by_id["listTokens"]["responses"]["200"]["headers"]
+
+
+def test_contract_examples_are_in_the_document(document):
+    post = document["paths"][API]["post"]
+    assert post["requestBody"]["content"]["application/json"]["example"] == {
+        "user_id": "usr_9a2f31",
+        "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9...",
+        "expires_at": "2026-03-26T11:00:00Z",
+    }
+    created = post["responses"]["201"]["content"]["application/json"]["example"]
+    assert created["id"] == "store_002" and created["created_at"] == "2026-03-26T09:20:00Z"
+    cleared = document["paths"][API]["delete"]["responses"]["200"]["content"]["application/json"]["example"]
+    assert cleared == {"cleared": True, "message": "All session tokens cleared from secure storage"}
+
+
+# --- Link headers -----------------------------------------------------------------------
+
+
+def links(response) -> dict[str, str]:
+    return {
+        relation: target
+        for target, relation in re.findall(r'<([^>]*)>; rel="([a-z]+)"', response.headers["Link"])
+    }
+
+
+def test_list_pages_carry_rfc8288_links(client, save):
+    for _ in range(5):
+        save(user_id="usr_pages")
+    middle = links(client.get(API, query_string={"page": 2, "limit": 2, "user_id": "usr_pages"}))
+    assert middle == {
+        "first": f"{API}?page=1&limit=2&user_id=usr_pages",
+        "prev": f"{API}?page=1&limit=2&user_id=usr_pages",
+        "next": f"{API}?page=3&limit=2&user_id=usr_pages",
+        "last": f"{API}?page=3&limit=2&user_id=usr_pages",
+    }
+    assert set(links(client.get(API, query_string={"limit": 2}))) == {"first", "next", "last"}
+    assert set(links(client.get(API, query_string={"page": 3, "limit": 2}))) == {"first", "prev", "last"}
+    beyond = links(client.get(API, query_string={"page": 9, "limit": 2}))
+    assert beyond["prev"] == beyond["last"] == f"{API}?page=3&limit=2"
+
+
+def test_an_empty_listing_links_to_its_one_page(client):
+    assert links(client.get(API)) == {"first": f"{API}?page=1&limit=20", "last": f"{API}?page=1&limit=20"}
+
+
+# --- log formatting ---------------------------------------------------------------------
+
+
+def test_app_log_lines_carry_the_request_context(app):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestContext())
+    logger = logging.getLogger("sessionsvc.test")
+    logger.addHandler(handler)
+    try:
+        with app.test_request_context(f"{API}/store_001", headers={"X-Request-ID": "rid-ctx"}):
+            app.preprocess_request()
+            logger.warning("inside a request", extra={"record_id": "store_001"})
+        logger.warning("outside")
+    finally:
+        logger.removeHandler(handler)
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["request_id"] == "rid-ctx" and inside["route"] == API + "/<record_id>"
+    assert inside["method"] == "GET" and inside["record_id"] == "store_001"
+    assert "request_id" not in outside and outside["message"] == "outside"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_text_logs_only_at_a_development_terminal_unless_configured():
+    assert human_readable(Config(), Terminal())
+    assert not human_readable(Config(), io.StringIO())
+    assert not human_readable(Config(env="production", redis_url="redis://x", encryption_keys=TEST_KEYS), Terminal())
+    assert human_readable(Config(log_format="text"), io.StringIO())
+    assert not human_readable(Config(log_format="json"), Terminal())
+    record = logging.LogRecord("sessionsvc", logging.INFO, __file__, 1, "hello", None, None)
+    record.request_id = "rid-text"
+    assert TextFormatter().format(record).endswith("sessionsvc: hello [request_id=rid-text]")
