@@ -65,12 +65,17 @@ from typing import Any, Callable, Iterator
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterError,
     ConnectionError as RedisConnectionError,
+    NoScriptError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TimeoutError as RedisTimeoutError,
+    TryAgainError,
 )
 from redis.retry import Retry
 
@@ -82,6 +87,10 @@ RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
 
 class NotFound(Exception):
     """No record with that id is held."""
+
+
+class NumberInUse(Exception):
+    """A reserved record number is already taken (a failover lost part of the counter)."""
 
 
 class PreconditionFailed(Exception):
@@ -139,8 +148,9 @@ def parse_id(record_id: str) -> int | None:
 
 
 # --- Lua -----------------------------------------------------------------------------
-# Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot) and
-# ARGV[1] = {P}; the other keys share the hash tag and are built from it.
+# Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot), KEYS[2] =
+# {P}:slot-guard (never written; see TokenStore) and ARGV[1] = {P}; the other keys share
+# the hash tag and are built from it.
 
 _PRELUDE = """
 local root = ARGV[1]
@@ -257,7 +267,7 @@ if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
 return {1, now, load(n, false)}
 """
 
-# ARGV: root, n, reveal ('1' counts a reveal) -> {now, record, sealed token} | {now}
+# ARGV: root, n, reveal ('1' counts a reveal; '0' writes nothing) -> {now, record, sealed token} | {now}
 _GET = """
 local n = ARGV[2]
 local record = load(n, false)
@@ -278,7 +288,8 @@ return held[1]
 """
 
 # ARGV: root, user ('' = all), prune batch, reveal ('1' returns the sealed token and
-# counts a reveal) -> {now, record, sealed token} | {now}
+# counts a reveal, '2' returns it uncounted, '0' not at all) -> {now, record[, sealed token]} | {now}
+# With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
 _CURRENT = """
 prune(tonumber(ARGV[3]))
 local index = all_key
@@ -291,10 +302,12 @@ while true do
   for _, n in ipairs(numbers) do
     local record = load(n, check)
     if record then
-      if ARGV[4] ~= '1' then return {now, record} end
-      record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
-      record[9] = math.floor(now / 1000)
-      redis.call('HSET', rec_key(n), 'rl', record[9])
+      if ARGV[4] == '0' then return {now, record} end
+      if ARGV[4] == '1' then
+        record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
+        record[9] = math.floor(now / 1000)
+        redis.call('HSET', rec_key(n), 'rl', record[9])
+      end
       return {now, record, redis.call('HGET', rec_key(n), 't')}
     end
   end
@@ -303,6 +316,7 @@ end
 """
 
 # ARGV: root, user ('' = all), offset, limit, prune batch -> {now, total, record...}
+# With prune batch 0 it writes nothing (so it runs on replicas).
 _PAGE = """
 prune(tonumber(ARGV[5]))
 local user, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -424,23 +438,49 @@ _SCRIPTS = {
     "reseal": _RESEAL,
 }
 
+# Replies meaning Redis cannot serve the command now; the kind names the reason. The
+# cluster kinds occur while the store's slot moves between masters or a master fails over.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
     (ReadOnlyError, "read_only"),
     (RedisTimeoutError, "timeout"),
     (RedisConnectionError, "connection"),
+    (TryAgainError, "migrating"),
+    (AskError, "migrating"),
+    (ClusterError, "cluster"),
+    (RedisClusterException, "cluster"),
 )
+_UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS")
+
+# Scripts that change records: with SESSIONSVC_MIN_REPLICAS_ACK they are followed by WAIT.
+_WRITES = frozenset({"create", "refresh", "delete", "clear_all", "clear_user", "reseal"})
 
 
-def _unavailable_kind(error: RedisError) -> str | None:
+def _unavailable_kind(error: Exception) -> str | None:
     for error_type, kind in _UNAVAILABLE:
         if isinstance(error, error_type):
             return kind
     if isinstance(error, ResponseError):
         text = str(error)
-        if text.startswith(("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING")):
+        if text.startswith(_UNAVAILABLE_REPLIES):
             return text.split(" ", 1)[0].lower()
+        if "non local key" in text:
+            # A script touched a key whose slot is being migrated (Redis aborts it there).
+            return "migrating"
     return None
+
+
+def _node_options(redis_url: str | None) -> dict[str, Any]:
+    """Credentials, db and TLS settings of a redis:// or rediss:// URL, without its address
+    (Sentinel finds the address; the URL says how to log in)."""
+    if not redis_url:
+        return {}
+    options = redis.connection.parse_url(redis_url)
+    for address_part in ("host", "port", "path"):
+        options.pop(address_part, None)
+    if options.pop("connection_class", None) is redis.connection.SSLConnection:
+        options["ssl"] = True
+    return options
 
 
 def connect(
@@ -450,13 +490,18 @@ def connect(
     max_connections: int = 50,
     sentinels: tuple[str, ...] = (),
     sentinel_service: str = "mymaster",
+    sentinel_password: str | None = None,
     cluster: bool = False,
-) -> Any:
-    """A Redis client for the configured topology, or an in-process fakeredis when none is.
+    read_from_replicas: bool = False,
+) -> tuple[Any, Any | None]:
+    """Redis clients for the configured topology: (primary, replicas). ``replicas`` is
+    where read-only scripts go when reads may use replicas, else None. With no Redis
+    configured, the primary is an in-process fakeredis.
 
     Timeouts are short and explicit so a dead Redis gives a quick 503 instead of a hung
     worker; the pool is bounded and fails fast when exhausted; commands are not retried
     by the client (a retried script could apply twice): the store retries reads itself.
+    Cluster redirections (MOVED, ASK, TRYAGAIN) are followed by redis-py's RedisCluster.
     """
     options: dict[str, Any] = dict(
         socket_timeout=timeout_seconds,
@@ -469,38 +514,65 @@ def connect(
     if redis_url is None and not sentinels:
         import fakeredis
 
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer()), None
     if sentinels:
         from redis.sentinel import Sentinel
 
-        url_options = redis.connection.parse_url(redis_url) if redis_url else {}
-        url_options.pop("host", None)
-        url_options.pop("port", None)
+        node_options = _node_options(redis_url)
+        tls = {name: value for name, value in node_options.items() if name.startswith("ssl")}
         addresses = [(host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)]
         sentinel = Sentinel(
             addresses,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            sentinel_kwargs={"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds},
+            sentinel_kwargs=dict(
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+                password=sentinel_password,
+                **tls,
+            ),
         )
-        options.pop("max_connections")
-        return sentinel.master_for(sentinel_service, **url_options, **options)
+        primary = sentinel.master_for(sentinel_service, **node_options, **options)
+        replicas = sentinel.slave_for(sentinel_service, **node_options, **options) if read_from_replicas else None
+        return primary, replicas
     if cluster:
-        from redis.cluster import RedisCluster
+        from redis.cluster import LoadBalancingStrategy, RedisCluster
 
         options.pop("health_check_interval")
-        return RedisCluster.from_url(redis_url, **options)
-    return redis.Redis.from_url(redis_url, **options)
+        if read_from_replicas:
+            # Only read-only commands (EVALSHA_RO here) are balanced over the replicas.
+            options["load_balancing_strategy"] = LoadBalancingStrategy.ROUND_ROBIN_REPLICAS
+        client = RedisCluster.from_url(redis_url, **options)
+        return client, client if read_from_replicas else None
+    return redis.Redis.from_url(redis_url, **options), None
 
 
 class TokenStore:
-    """Records and their indexes in one Redis (or Cluster slot), under one key prefix."""
+    """Records and their indexes in one Redis (or Cluster slot), under one key prefix.
 
-    def __init__(self, client: Any, key_prefix: str = "sessionsvc", retention_seconds: int = 86400):
+    ``replicas``: a client whose read-only scripts may be served by replicas (None: every
+    read goes to the primary). ``min_replicas_ack``: writes wait for that many replicas to
+    acknowledge them (WAIT) and fail as unavailable when they do not in time.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str = "sessionsvc",
+        retention_seconds: int = 86400,
+        *,
+        replicas: Any = None,
+        min_replicas_ack: int = 0,
+        replica_ack_timeout_ms: int = 500,
+    ):
         self.client = client
+        self.replicas = replicas
+        self.min_replicas_ack = min_replicas_ack
+        self.replica_ack_timeout_ms = replica_ack_timeout_ms
         self.root = "{" + key_prefix + "}"
         self.retention_ms = retention_seconds * 1000
-        self._gen_key = [self.root + ":gen"]
+        # The guard never exists: declaring it makes Redis refuse (TRYAGAIN) to run a
+        # script while the store's slot is half-migrated, instead of letting it run on
+        # the node that holds only part of the store.
+        self._keys = [self.root + ":gen", self.root + ":slot-guard"]
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
         self._id_lock = threading.Lock()
         self._next_number = 0
@@ -508,12 +580,15 @@ class TokenStore:
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
+    @staticmethod
+    def _attempt(command: Callable[[], Any], retry: bool) -> Any:
+        """Run a command, mapping Redis being unavailable to StoreUnavailable; `retry`
+        (reads only: a write retried after a lost reply could apply twice) tries twice."""
         attempts = 2 if retry else 1
         for attempt in range(attempts):
             try:
-                return self._scripts[name](keys=self._gen_key, args=[self.root, *args])
-            except RedisError as error:
+                return command()
+            except (RedisError, RedisClusterException) as error:
                 kind = _unavailable_kind(error)
                 if kind is None:
                     raise
@@ -521,6 +596,53 @@ class TokenStore:
                     raise StoreUnavailable(kind) from None
                 time.sleep(0.02)
         raise AssertionError("unreachable")
+
+    def _acknowledged(self, queue: Callable[[Any], Any]) -> Any:
+        """The queued write and a WAIT for replicas, on one connection in one round-trip
+        (Redis forbids WAIT inside scripts). Returns the write's reply."""
+        for _ in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                pipe.wait(self.min_replicas_ack, self.replica_ack_timeout_ms)
+                reply, acknowledged = pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                # Not run at all (a new or restarted master): load the scripts, go again.
+                for script in self._scripts.values():
+                    script.sha = self.client.script_load(script.script)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
+            if acknowledged < self.min_replicas_ack:
+                # The write is on the primary and may still reach a replica: unknown outcome.
+                raise StoreUnavailable("replica_ack")
+            return reply
+        raise StoreUnavailable("noscript")
+
+    def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
+        """A script on the primary; writes wait for replicas when so configured."""
+        script, argv = self._scripts[name], [self.root, *args]
+        if self.min_replicas_ack and name in _WRITES:
+            return self._attempt(
+                lambda: self._acknowledged(lambda pipe: pipe.evalsha(script.sha, len(self._keys), *self._keys, *argv)),
+                retry,
+            )
+        return self._attempt(lambda: script(keys=self._keys, args=argv), retry)
+
+    def _read(self, name: str, *args: Any) -> Any:
+        """A read-only script on a replica (EVALSHA_RO). The caller passes arguments that
+        make the script write nothing: no pruning, no reveal counting."""
+        script = self._scripts[name]
+        keys_and_args = (*self._keys, self.root, *args)
+
+        def run() -> Any:
+            try:
+                return self.replicas.evalsha_ro(script.sha, len(self._keys), *keys_and_args)
+            except NoScriptError:
+                return self.replicas.eval_ro(script.script, len(self._keys), *keys_and_args)
+
+        return self._attempt(run, retry=True)
 
     @staticmethod
     def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
@@ -541,32 +663,42 @@ class TokenStore:
         )
 
     def ping(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except RedisError as error:
-            raise StoreUnavailable(_unavailable_kind(error) or "error") from None
+        return bool(self._attempt(self.client.ping, retry=False))
 
     # --- ids -----------------------------------------------------------------------
 
     def reserve_number(self) -> int:
         """A record number no other caller will ever get (ids are allocated in blocks)."""
+        key = self.root + ":ids"
         with self._id_lock:
             if self._next_number >= self._block_end or self._next_number == 0:
-                try:
-                    end = int(self.client.incrby(self.root + ":ids", ID_BLOCK))
-                except RedisError as error:
-                    raise StoreUnavailable(_unavailable_kind(error) or "error") from None
-                self._next_number, self._block_end = end - ID_BLOCK + 1, end + 1
+                if self.min_replicas_ack:
+                    end = self._attempt(lambda: self._acknowledged(lambda pipe: pipe.incrby(key, ID_BLOCK)), False)
+                else:
+                    end = self._attempt(lambda: self.client.incrby(key, ID_BLOCK), False)
+                self._next_number, self._block_end = int(end) - ID_BLOCK + 1, int(end) + 1
             number = self._next_number
             self._next_number += 1
             return number
 
+    def _forget_block(self) -> None:
+        with self._id_lock:
+            self._next_number = self._block_end = 0
+
     # --- operations ----------------------------------------------------------------
 
     def create(self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int) -> Record:
-        now_ms, fields = self._run(
-            "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
-        )
+        """Store a new record under a reserved number. NumberInUse when another record
+        holds it already: possible only after a failover lost the counter's last blocks."""
+        try:
+            now_ms, fields = self._run(
+                "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
+            )
+        except ResponseError as error:
+            if "record number in use" not in str(error):
+                raise
+            self._forget_block()
+            raise NumberInUse(format_id(number)) from None
         return self._record(now_ms, fields)
 
     def owner(self, number: int) -> str | None:
@@ -593,17 +725,29 @@ class TokenStore:
         return self._record(reply[1], reply[2])
 
     def get(self, number: int, reveal: bool = False) -> Record | None:
-        reply = self._run("get", number, "1" if reveal else "0", retry=not reveal)
+        """The record with its sealed token. `reveal` counts the reveal (on the primary
+        only: when reads go to replicas, reveals are not counted)."""
+        if self.replicas is not None:
+            reply = self._read("get", number, "0")
+        else:
+            reply = self._run("get", number, "1" if reveal else "0", retry=not reveal)
         return self._record(reply[0], reply[1], reply[2]) if len(reply) > 1 else None
 
     def current(self, user_id: str | None = None, reveal: bool = False) -> Record | None:
-        reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
+        """The most recently saved record held (with its sealed token when `reveal`)."""
+        if self.replicas is not None:
+            reply = self._read("current", user_id or "", 0, "2" if reveal else "0")
+        else:
+            reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
         if len(reply) == 1:
             return None
         return self._record(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
 
     def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
-        reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
+        if self.replicas is not None:
+            reply = self._read("page", user_id or "", offset, limit, 0)
+        else:
+            reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
         now_ms = reply[0]
         return int(reply[1]), [self._record(now_ms, fields) for fields in reply[2:]]
 
