@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -68,15 +69,15 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterError,
-    ConnectionError as RedisConnectionError,
     NoScriptError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
     ResponseError,
-    TimeoutError as RedisTimeoutError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 PRUNE_BATCH = 256
@@ -503,14 +504,14 @@ def connect(
     by the client (a retried script could apply twice): the store retries reads itself.
     Cluster redirections (MOVED, ASK, TRYAGAIN) are followed by redis-py's RedisCluster.
     """
-    options: dict[str, Any] = dict(
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 0),
-        max_connections=max_connections,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 0),
+        "max_connections": max_connections,
+    }
     if redis_url is None and not sentinels:
         import fakeredis
 
@@ -523,12 +524,12 @@ def connect(
         addresses = [(host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)]
         sentinel = Sentinel(
             addresses,
-            sentinel_kwargs=dict(
-                socket_timeout=timeout_seconds,
-                socket_connect_timeout=timeout_seconds,
-                password=sentinel_password,
+            sentinel_kwargs={
+                "socket_timeout": timeout_seconds,
+                "socket_connect_timeout": timeout_seconds,
+                "password": sentinel_password,
                 **tls,
-            ),
+            },
         )
         primary = sentinel.master_for(sentinel_service, **node_options, **options)
         replicas = sentinel.slave_for(sentinel_service, **node_options, **options) if read_from_replicas else None
@@ -542,6 +543,8 @@ def connect(
             options["load_balancing_strategy"] = LoadBalancingStrategy.ROUND_ROBIN_REPLICAS
         client = RedisCluster.from_url(redis_url, **options)
         return client, client if read_from_replicas else None
+    if redis_url.startswith("unix:"):
+        options.pop("socket_keepalive")  # a TCP option: the socket connection refuses it
     return redis.Redis.from_url(redis_url, **options), None
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .crypto import Cipher
-from .store import NotFound, NumberInUse, Record, StoreUnavailable, TokenStore, format_id, parse_id
+from .store import (
+    NotFound,
+    NumberInUse,
+    Record,
+    StoreUnavailable,
+    TokenStore,
+    format_id,
+    parse_id,
+)
 
 
 def token_preview(token: str) -> str:

@@ -5,14 +5,13 @@ Never the machine's shared Redis."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -74,13 +73,19 @@ class RedisNode:
             conf.write_text(sentinel_conf)
             command = [REDIS_SERVER, str(conf), "--sentinel", *common]
         else:
-            command = [REDIS_SERVER, *common, "--save", "", "--appendonly", "no", *args]
+            command = [REDIS_SERVER, *common, "--save", "", "--appendonly", "no",
+                       "--repl-diskless-sync-delay", "0", *args]
             if password:
                 command += ["--requirepass", password, "--masterauth", password]
             if unix_socket:
                 command += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.client().ping(), what=f"{name} to answer PING")
+        self.command = command
+        self.start()
+
+    def start(self, *extra: str) -> None:
+        """Start (or start again, on the same port and with the same options, plus `extra`)."""
+        self.process = subprocess.Popen([*self.command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.client().ping(), what=f"{self.name} to answer PING")
 
     @property
     def url(self) -> str:
@@ -150,7 +155,7 @@ class SentinelGroup:
         return tuple(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
 
     def _ready(self) -> bool:
-        if self.master.client().info("replication")["connected_slaves"] < 1:
+        if self.master.client().info("replication").get("slave0", {}).get("state") != "online":
             return False
         for sentinel in self.sentinels:
             state = sentinel.client(decode_responses=True).sentinel_master(SERVICE)
@@ -159,7 +164,7 @@ class SentinelGroup:
         return True
 
     def master_port(self) -> int:
-        host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
+        _host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
         return int(port)
 
     def wait_in_sync(self) -> None:
