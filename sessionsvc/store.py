@@ -24,6 +24,9 @@ key                             type     content
 ``{P}:exp:G``                   zset     member ``n:<user>``, score the record's death
                                          (ms, = its PEXPIREAT): finds index entries of
                                          records Redis has expired
+``{P}:slot-guard``              (none)   never written; declared by every script so that
+                                         Redis refuses (TRYAGAIN) to run one while the
+                                         store's slot is half-migrated between masters
 ==============================  =======  ==================================================
 
 Every record is in exactly the three indexes of its generation, and every change to a
@@ -36,8 +39,8 @@ expiries is absorbed over many requests. While some remain, counts subtract them
 Time always comes from Redis (``TIME`` inside the scripts), so ``is_valid`` and
 ``seconds_remaining`` agree across app hosts whatever their clocks say.
 
-Commands per operation (each is one EVALSHA, i.e. one round-trip)
------------------------------------------------------------------
+Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one round-trip)
+-----------------------------------------------------------------------------------------
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
 - create: GET gen, TIME, INCR saves, HSET + PEXPIREAT record, ZADD x3, prune.
@@ -53,6 +56,15 @@ Commands per operation (each is one EVALSHA, i.e. one round-trip)
   invisible at once; ``reclaim`` frees its keys afterwards in bounded batches
   (ZRANGE exp + UNLINK/ZREM per entry), also a little at every save.
 - clear (one user): ZRANGE the user's index, UNLINK + ZREM x2 per record, DEL the index.
+
+Topologies (see ``connect``)
+----------------------------
+- With ``min_replicas_ack`` every write script (and the ids INCRBY) is pipelined with
+  ``WAIT <n> <timeout>`` on the same connection: still one round-trip. Fewer acks in time:
+  StoreUnavailable, though the write may exist on the primary.
+- With ``replicas`` get, current/validity and page run as EVALSHA_RO (EVAL_RO when the
+  replica lacks the script) with prune batch 0 and no reveal counting, so they write
+  nothing; ``is_valid`` still comes from ``e`` against the replica's TIME.
 """
 
 from __future__ import annotations
