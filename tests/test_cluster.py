@@ -126,3 +126,9 @@ def test_store_keeps_answering_while_its_slot_migrates_to_another_master(cluster
     assert max(seconds for _, seconds in answers) < 3
     assert target.client().cluster("countkeysinslot", slot) > 0
     assert source.client().cluster("countkeysinslot", slot) == 0
+
+
+def test_read_from_replicas_on_a_cluster_without_replicas_reads_from_the_masters(cluster):
+    config = Config(encryption_keys=TEST_KEYS, redis_url=cluster.url, redis_cluster=True,
+                    key_prefix="ro", read_from_replicas=True)
+    exercise_every_endpoint(create_app(config).test_client())
