@@ -85,7 +85,11 @@ class RedisNode:
     def start(self, *extra: str) -> None:
         """Start (or start again, on the same port and with the same options, plus `extra`)."""
         self.process = subprocess.Popen([*self.command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.client().ping(), what=f"{self.name} to answer PING")
+        try:
+            wait_until(lambda: self.client().ping(), what=f"{self.name} to answer PING")
+        except BaseException:
+            self.kill()  # not yet in anyone's list of nodes to stop
+            raise
 
     @property
     def url(self) -> str:
