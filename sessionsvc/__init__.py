@@ -67,13 +67,15 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     )
 
     keys = config.encryption_keys or development_keys(app.instance_path)
-    client = redis_client if redis_client is not None else connect(
+    client, replicas = (redis_client, None) if redis_client is not None else connect(
         config.redis_url,
         timeout_seconds=config.redis_timeout_seconds,
         max_connections=config.redis_max_connections,
         sentinels=config.redis_sentinels,
         sentinel_service=config.redis_sentinel_service,
+        sentinel_password=config.redis_sentinel_password,
         cluster=config.redis_cluster,
+        read_from_replicas=config.read_from_replicas,
     )
     if config.embedded_store and redis_client is None:
         log.warning(
@@ -81,7 +83,15 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
             "Tokens live in this one process and vanish when it stops. "
             "Set SESSIONSVC_REDIS_URL for anything but a local trial."
         )
-    store = TokenStore(client, config.key_prefix, config.retention_seconds, observe=metrics.observe_store)
+    store = TokenStore(
+        client,
+        config.key_prefix,
+        config.retention_seconds,
+        replicas=replicas,
+        min_replicas_ack=config.min_replicas_ack,
+        replica_ack_timeout_ms=config.replica_ack_timeout_ms,
+        observe=metrics.observe_store,
+    )
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
 
     api = ServiceApi(app)

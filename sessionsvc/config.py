@@ -68,6 +68,18 @@ class Config:
     redis_cluster: bool = field(
         default=False, metadata={"env": "SESSIONSVC_REDIS_CLUSTER", "parse": _bool}
     )
+    redis_sentinel_password: str | None = field(
+        default=None, metadata={"env": "SESSIONSVC_REDIS_SENTINEL_PASSWORD"}
+    )
+    read_from_replicas: bool = field(
+        default=False, metadata={"env": "SESSIONSVC_READ_FROM_REPLICAS", "parse": _bool}
+    )
+    min_replicas_ack: int = field(
+        default=0, metadata={"env": "SESSIONSVC_MIN_REPLICAS_ACK", "parse": _int}
+    )
+    replica_ack_timeout_ms: int = field(
+        default=500, metadata={"env": "SESSIONSVC_REPLICA_ACK_TIMEOUT_MS", "parse": _int}
+    )
     redis_timeout_seconds: float = field(
         default=1.0, metadata={"env": "SESSIONSVC_REDIS_TIMEOUT_SECONDS", "parse": _float}
     )
@@ -165,6 +177,7 @@ class Config:
                     f"'https://app.example.com' (never '*': tokens must not be readable by any "
                     f"site), got {origin!r}"
                 )
+        self._check_topology()
         if self.production:
             if self.embedded_store:
                 raise ConfigError(
@@ -181,3 +194,30 @@ class Config:
                     "SESSIONSVC_API_KEYS: production refuses to serve a public token store; set "
                     "API keys, or SESSIONSVC_ALLOW_PUBLIC=true to accept the risk explicitly"
                 )
+
+    def _check_topology(self) -> None:
+        scheme = (self.redis_url or "").partition("://")[0].lower()
+        if self.redis_sentinels and self.redis_cluster:
+            raise ConfigError("SESSIONSVC_REDIS_CLUSTER: Sentinel and Cluster exclude each other; set one")
+        if (self.redis_sentinels or self.redis_cluster) and self.redis_url and scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                "SESSIONSVC_REDIS_URL: with Sentinel or Cluster give a redis:// or rediss:// URL "
+                f"(credentials, db, TLS), not {scheme}://"
+            )
+        if self.redis_cluster and not self.redis_url:
+            raise ConfigError("SESSIONSVC_REDIS_URL: SESSIONSVC_REDIS_CLUSTER needs the URL of one cluster node")
+        if self.read_from_replicas and not (self.redis_sentinels or self.redis_cluster):
+            raise ConfigError(
+                "SESSIONSVC_READ_FROM_REPLICAS: needs Sentinel or Cluster, which name the replicas; "
+                "a single URL names none"
+            )
+        if self.min_replicas_ack and self.redis_cluster:
+            raise ConfigError(
+                "SESSIONSVC_MIN_REPLICAS_ACK: not supported on Redis Cluster (WAIT must reach the "
+                "master of the store's slot on the write's own connection); use it with Sentinel"
+            )
+        if self.min_replicas_ack and self.replica_ack_timeout_ms >= self.redis_timeout_seconds * 1000:
+            raise ConfigError(
+                "SESSIONSVC_REPLICA_ACK_TIMEOUT_MS: must be below SESSIONSVC_REDIS_TIMEOUT_SECONDS, "
+                "or the socket times out before WAIT answers"
+            )

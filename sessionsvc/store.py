@@ -26,6 +26,9 @@ key                             type     content
 ``{P}:exp:G``                   zset     member ``n:<user>``, score the record's death
                                          (ms, = its PEXPIREAT): finds index entries of
                                          records Redis has expired
+``{P}:slot-guard``              (none)   never written; declared by every script so that
+                                         Redis refuses (TRYAGAIN) to run one while the
+                                         store's slot is half-migrated between masters
 ==============================  =======  ==================================================
 
 Rate-limit counters (flask-limiter, only when ``SESSIONSVC_RATE_LIMIT`` is set) share this
@@ -42,8 +45,8 @@ expiries is absorbed over many requests. While some remain, counts subtract them
 Time always comes from Redis (``TIME`` inside the scripts), so ``is_valid`` and
 ``seconds_remaining`` agree across app hosts whatever their clocks say.
 
-Commands per operation (each is one EVALSHA, i.e. one round-trip)
------------------------------------------------------------------
+Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one round-trip)
+-----------------------------------------------------------------------------------------
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
 - create: GET gen, TIME, INCR saves, HSET + PEXPIREAT record, ZADD x3, prune.
@@ -72,6 +75,15 @@ Operations for operators and monitoring
   records of a generation neither current nor being reclaimed); ZRANGE of ``all``,
   ``exp`` and every ``u`` index (SCAN MATCH ``{P}:u:G:*``) in batches, HMGET per entry
   (repair: ZREM of entries whose record is not held).
+
+Topologies (see ``connect``)
+----------------------------
+- With ``min_replicas_ack`` every write script (and the ids INCRBY) is pipelined with
+  ``WAIT <n> <timeout>`` on the same connection: still one round-trip. Fewer acks in time:
+  StoreUnavailable, though the write may exist on the primary.
+- With ``replicas`` get, current/validity and page run as EVALSHA_RO (EVAL_RO when the
+  replica lacks the script) with prune batch 0 and no reveal counting, so they write
+  nothing; ``is_valid`` still comes from ``e`` against the replica's TIME.
 """
 
 from __future__ import annotations
@@ -86,17 +98,18 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterError,
+    NoScriptError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 PRUNE_BATCH = 256
@@ -109,6 +122,10 @@ SEALED_HEAD_BYTES = 17  # enough for '<key id>:' (key ids are at most 16 charact
 
 class NotFound(Exception):
     """No record with that id is held."""
+
+
+class NumberInUse(Exception):
+    """A reserved record number is already taken (a failover lost part of the counter)."""
 
 
 class PreconditionFailed(Exception):
@@ -191,8 +208,9 @@ def parse_id(record_id: str) -> int | None:
 
 
 # --- Lua -----------------------------------------------------------------------------
-# Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot) and
-# ARGV[1] = {P}; the other keys share the hash tag and are built from it.
+# Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot), KEYS[2] =
+# {P}:slot-guard (never written; see TokenStore) and ARGV[1] = {P}; the other keys share
+# the hash tag and are built from it.
 
 _PRELUDE = """
 local root = ARGV[1]
@@ -312,7 +330,7 @@ if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
 return {1, now, load(n, false)}
 """
 
-# ARGV: root, n, reveal ('1' counts a reveal) -> {now, record, sealed token} | {now}
+# ARGV: root, n, reveal ('1' counts a reveal; '0' writes nothing) -> {now, record, sealed token} | {now}
 _GET = """
 local n = ARGV[2]
 local record = load(n, false)
@@ -333,7 +351,8 @@ return held[1]
 """
 
 # ARGV: root, user ('' = all), prune batch, reveal ('1' returns the sealed token and
-# counts a reveal) -> {now, record, sealed token} | {now}
+# counts a reveal, '2' returns it uncounted, '0' not at all) -> {now, record[, sealed token]} | {now}
+# With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
 _CURRENT = """
 prune(tonumber(ARGV[3]))
 local index = all_key
@@ -346,10 +365,12 @@ while true do
   for _, n in ipairs(numbers) do
     local record = load(n, check)
     if record then
-      if ARGV[4] ~= '1' then return {now, record} end
-      record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
-      record[9] = math.floor(now / 1000)
-      redis.call('HSET', rec_key(n), 'rl', record[9])
+      if ARGV[4] == '0' then return {now, record} end
+      if ARGV[4] == '1' then
+        record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
+        record[9] = math.floor(now / 1000)
+        redis.call('HSET', rec_key(n), 'rl', record[9])
+      end
       return {now, record, redis.call('HGET', rec_key(n), 't')}
     end
   end
@@ -358,6 +379,7 @@ end
 """
 
 # ARGV: root, user ('' = all), offset, limit, prune batch -> {now, total, record...}
+# With prune batch 0 it writes nothing (so it runs on replicas).
 _PAGE = """
 prune(tonumber(ARGV[5]))
 local user, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -551,23 +573,49 @@ _SCRIPTS = {
     "check_entries": _CHECK_ENTRIES,
 }
 
+# Replies meaning Redis cannot serve the command now; the kind names the reason. The
+# cluster kinds occur while the store's slot moves between masters or a master fails over.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
     (ReadOnlyError, "read_only"),
     (RedisTimeoutError, "timeout"),
     (RedisConnectionError, "connection"),
+    (TryAgainError, "migrating"),
+    (AskError, "migrating"),
+    (ClusterError, "cluster"),
+    (RedisClusterException, "cluster"),
 )
+_UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS")
+
+# Scripts that change records: with SESSIONSVC_MIN_REPLICAS_ACK they are followed by WAIT.
+_WRITES = frozenset({"create", "refresh", "delete", "clear_all", "clear_user", "reseal"})
 
 
-def _unavailable_kind(error: RedisError) -> str | None:
+def _unavailable_kind(error: Exception) -> str | None:
     for error_type, kind in _UNAVAILABLE:
         if isinstance(error, error_type):
             return kind
     if isinstance(error, ResponseError):
         text = str(error)
-        if text.startswith(("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING")):
+        if text.startswith(_UNAVAILABLE_REPLIES):
             return text.split(" ", 1)[0].lower()
+        if "non local key" in text:
+            # A script touched a key whose slot is being migrated (Redis aborts it there).
+            return "migrating"
     return None
+
+
+def _node_options(redis_url: str | None) -> dict[str, Any]:
+    """Credentials, db and TLS settings of a redis:// or rediss:// URL, without its address
+    (Sentinel finds the address; the URL says how to log in)."""
+    if not redis_url:
+        return {}
+    options = redis.connection.parse_url(redis_url)
+    for address_part in ("host", "port", "path"):
+        options.pop(address_part, None)
+    if options.pop("connection_class", None) is redis.connection.SSLConnection:
+        options["ssl"] = True
+    return options
 
 
 def connect(
@@ -577,64 +625,93 @@ def connect(
     max_connections: int = 50,
     sentinels: tuple[str, ...] = (),
     sentinel_service: str = "mymaster",
+    sentinel_password: str | None = None,
     cluster: bool = False,
-) -> Any:
-    """A Redis client for the configured topology, or an in-process fakeredis when none is.
+    read_from_replicas: bool = False,
+) -> tuple[Any, Any | None]:
+    """Redis clients for the configured topology: (primary, replicas). ``replicas`` is
+    where read-only scripts go when reads may use replicas, else None. With no Redis
+    configured, the primary is an in-process fakeredis.
 
     Timeouts are short and explicit so a dead Redis gives a quick 503 instead of a hung
     worker; the pool is bounded and fails fast when exhausted; commands are not retried
     by the client (a retried script could apply twice): the store retries reads itself.
+    Cluster redirections (MOVED, ASK, TRYAGAIN) are followed by redis-py's RedisCluster.
     """
-    options: dict[str, Any] = dict(
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 0),
-        max_connections=max_connections,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 0),
+        "max_connections": max_connections,
+    }
     if redis_url is None and not sentinels:
         import fakeredis
 
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer()), None
     if sentinels:
         from redis.sentinel import Sentinel
 
-        url_options = redis.connection.parse_url(redis_url) if redis_url else {}
-        url_options.pop("host", None)
-        url_options.pop("port", None)
+        node_options = _node_options(redis_url)
+        tls = {name: value for name, value in node_options.items() if name.startswith("ssl")}
         addresses = [(host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)]
         sentinel = Sentinel(
             addresses,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            sentinel_kwargs={"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds},
+            sentinel_kwargs={
+                "socket_timeout": timeout_seconds,
+                "socket_connect_timeout": timeout_seconds,
+                "password": sentinel_password,
+                **tls,
+            },
         )
-        options.pop("max_connections")
-        return sentinel.master_for(sentinel_service, **url_options, **options)
+        primary = sentinel.master_for(sentinel_service, **node_options, **options)
+        replicas = sentinel.slave_for(sentinel_service, **node_options, **options) if read_from_replicas else None
+        return primary, replicas
     if cluster:
-        from redis.cluster import RedisCluster
+        from redis.cluster import LoadBalancingStrategy, RedisCluster
 
         options.pop("health_check_interval")
-        return RedisCluster.from_url(redis_url, **options)
-    return redis.Redis.from_url(redis_url, **options)
+        if read_from_replicas:
+            # Only read-only commands (EVALSHA_RO here) are balanced over the replicas.
+            options["load_balancing_strategy"] = LoadBalancingStrategy.ROUND_ROBIN_REPLICAS
+        client = RedisCluster.from_url(redis_url, **options)
+        return client, client if read_from_replicas else None
+    if redis_url.startswith("unix:"):
+        options.pop("socket_keepalive")  # a TCP option: the socket connection refuses it
+    return redis.Redis.from_url(redis_url, **options), None
 
 
 class TokenStore:
-    """Records and their indexes in one Redis (or Cluster slot), under one key prefix."""
+    """Records and their indexes in one Redis (or Cluster slot), under one key prefix.
+
+    ``replicas``: a client whose read-only scripts may be served by replicas (None: every
+    read goes to the primary). ``min_replicas_ack``: writes wait for that many replicas to
+    acknowledge them (WAIT) and fail as unavailable when they do not in time.
+    """
 
     def __init__(
         self,
         client: Any,
         key_prefix: str = "sessionsvc",
         retention_seconds: int = 86400,
+        *,
         observe: Observer | None = None,
+        replicas: Any = None,
+        min_replicas_ack: int = 0,
+        replica_ack_timeout_ms: int = 500,
     ):
         self.client = client
+        self.replicas = replicas
+        self.min_replicas_ack = min_replicas_ack
+        self.replica_ack_timeout_ms = replica_ack_timeout_ms
         self.root = "{" + key_prefix + "}"
         self.retention_ms = retention_seconds * 1000
         self.observe = observe
-        self._gen_key = [self.root + ":gen"]
+        # The guard never exists: declaring it makes Redis refuse (TRYAGAIN) to run a
+        # script while the store's slot is half-migrated, instead of letting it run on
+        # the node that holds only part of the store.
+        self._keys = [self.root + ":gen", self.root + ":slot-guard"]
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
         self._id_lock = threading.Lock()
         self._next_number = 0
@@ -642,16 +719,23 @@ class TokenStore:
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _timed(self, operation: str, call: Callable[[], Any], retry: bool = False, any_error: bool = False) -> Any:
-        """Run `call`, mapping Redis failures to StoreUnavailable(kind) and reporting the
-        duration and outcome to the observer. `any_error` maps every RedisError."""
+    def _attempt(
+        self, operation: str, command: Callable[[], Any], retry: bool = False, any_error: bool = False
+    ) -> Any:
+        """Run a command, mapping Redis being unavailable to StoreUnavailable(kind) and
+        reporting its duration and outcome to the observer. `retry` (reads only: a write
+        retried after a lost reply could apply twice) tries twice; `any_error` maps every
+        Redis error, for commands whose other failures tell the caller nothing more."""
         attempts = 2 if retry else 1
         started, failed_kind = time.perf_counter(), None
         try:
             for attempt in range(attempts):
                 try:
-                    return call()
-                except RedisError as error:
+                    return command()
+                except StoreUnavailable as error:
+                    failed_kind = error.kind
+                    raise
+                except (RedisError, RedisClusterException) as error:
                     kind = _unavailable_kind(error) or ("error" if any_error else None)
                     if kind is None:
                         failed_kind = "error"
@@ -665,9 +749,53 @@ class TokenStore:
             if self.observe is not None:
                 self.observe(operation, time.perf_counter() - started, failed_kind)
 
+    def _acknowledged(self, queue: Callable[[Any], Any]) -> Any:
+        """The queued write and a WAIT for replicas, on one connection in one round-trip
+        (Redis forbids WAIT inside scripts). Returns the write's reply."""
+        for _ in range(2):
+            with self.client.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                pipe.wait(self.min_replicas_ack, self.replica_ack_timeout_ms)
+                reply, acknowledged = pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                # Not run at all (a new or restarted master): load the scripts, go again.
+                for script in self._scripts.values():
+                    script.sha = self.client.script_load(script.script)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
+            if acknowledged < self.min_replicas_ack:
+                # The write is on the primary and may still reach a replica: unknown outcome.
+                raise StoreUnavailable("replica_ack")
+            return reply
+        raise StoreUnavailable("noscript")
+
     def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
+        """A script on the primary; writes wait for replicas when so configured."""
+        script, argv = self._scripts[name], [self.root, *args]
+        if self.min_replicas_ack and name in _WRITES:
+            return self._attempt(
+                name,
+                lambda: self._acknowledged(lambda pipe: pipe.evalsha(script.sha, len(self._keys), *self._keys, *argv)),
+                retry,
+            )
+        return self._attempt(name, lambda: script(keys=self._keys, args=argv), retry)
+
+    def _read(self, name: str, *args: Any) -> Any:
+        """A read-only script on a replica (EVALSHA_RO). The caller passes arguments that
+        make the script write nothing: no pruning, no reveal counting."""
         script = self._scripts[name]
-        return self._timed(name, lambda: script(keys=self._gen_key, args=[self.root, *args]), retry)
+        keys_and_args = (*self._keys, self.root, *args)
+
+        def run() -> Any:
+            try:
+                return self.replicas.evalsha_ro(script.sha, len(self._keys), *keys_and_args)
+            except NoScriptError:
+                return self.replicas.eval_ro(script.script, len(self._keys), *keys_and_args)
+
+        return self._attempt(name, run, retry=True)
 
     @staticmethod
     def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
@@ -690,7 +818,7 @@ class TokenStore:
         )
 
     def ping(self) -> bool:
-        return bool(self._timed("ping", self.client.ping, any_error=True))
+        return bool(self._attempt("ping", self.client.ping, any_error=True))
 
     def load_scripts(self) -> int:
         """Make sure Redis holds every script (SCRIPT EXISTS, then SCRIPT LOAD of any
@@ -704,27 +832,44 @@ class TokenStore:
                 self.client.script_load(script.script)
             return len(missing)
 
-        return self._timed("load_scripts", load, any_error=True)
+        return self._attempt("load_scripts", load, any_error=True)
 
     # --- ids -----------------------------------------------------------------------
 
     def reserve_number(self) -> int:
         """A record number no other caller will ever get (ids are allocated in blocks)."""
+        key = self.root + ":ids"
         with self._id_lock:
             if self._next_number >= self._block_end or self._next_number == 0:
-                reserve = lambda: self.client.incrby(self.root + ":ids", ID_BLOCK)  # noqa: E731
-                end = int(self._timed("reserve", reserve, any_error=True))
-                self._next_number, self._block_end = end - ID_BLOCK + 1, end + 1
+                if self.min_replicas_ack:
+                    end = self._attempt(
+                        "reserve", lambda: self._acknowledged(lambda pipe: pipe.incrby(key, ID_BLOCK)), any_error=True
+                    )
+                else:
+                    end = self._attempt("reserve", lambda: self.client.incrby(key, ID_BLOCK), any_error=True)
+                self._next_number, self._block_end = int(end) - ID_BLOCK + 1, int(end) + 1
             number = self._next_number
             self._next_number += 1
             return number
 
+    def _forget_block(self) -> None:
+        with self._id_lock:
+            self._next_number = self._block_end = 0
+
     # --- operations ----------------------------------------------------------------
 
     def create(self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int) -> Record:
-        now_ms, fields = self._run(
-            "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
-        )
+        """Store a new record under a reserved number. NumberInUse when another record
+        holds it already: possible only after a failover lost the counter's last blocks."""
+        try:
+            now_ms, fields = self._run(
+                "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
+            )
+        except ResponseError as error:
+            if "record number in use" not in str(error):
+                raise
+            self._forget_block()
+            raise NumberInUse(format_id(number)) from None
         return self._record(now_ms, fields)
 
     def owner(self, number: int) -> str | None:
@@ -751,17 +896,29 @@ class TokenStore:
         return self._record(reply[1], reply[2])
 
     def get(self, number: int, reveal: bool = False) -> Record | None:
-        reply = self._run("get", number, "1" if reveal else "0", retry=not reveal)
+        """The record with its sealed token. `reveal` counts the reveal (on the primary
+        only: when reads go to replicas, reveals are not counted)."""
+        if self.replicas is not None:
+            reply = self._read("get", number, "0")
+        else:
+            reply = self._run("get", number, "1" if reveal else "0", retry=not reveal)
         return self._record(reply[0], reply[1], reply[2]) if len(reply) > 1 else None
 
     def current(self, user_id: str | None = None, reveal: bool = False) -> Record | None:
-        reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
+        """The most recently saved record held (with its sealed token when `reveal`)."""
+        if self.replicas is not None:
+            reply = self._read("current", user_id or "", 0, "2" if reveal else "0")
+        else:
+            reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
         if len(reply) == 1:
             return None
         return self._record(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
 
     def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
-        reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
+        if self.replicas is not None:
+            reply = self._read("page", user_id or "", offset, limit, 0)
+        else:
+            reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
         now_ms = reply[0]
         return int(reply[1]), [self._record(now_ms, fields) for fields in reply[2:]]
 
@@ -816,14 +973,14 @@ class TokenStore:
             pruned += step
         flag = "1" if repair else "0"
         unindexed = no_ttl = stale = 0
-        for keys in self._keys(self.root + ":r:*", batch):
+        for keys in self._scan_keys(self.root + ":r:*", batch):
             numbers = [key[len(self.root) + 3 :] for key in keys]
             found = [int(count) for count in self._run("check_records", self.retention_ms, flag, *numbers)]
             unindexed, no_ttl, stale = unindexed + found[0], no_ttl + found[1], stale + found[2]
-        generation = self._timed("check_index", lambda: self.client.get(self.root + ":gen"), any_error=True)
+        generation = self._attempt("check_index", lambda: self.client.get(self.root + ":gen"), any_error=True)
         user_prefix = f"{self.root}:u:{int(generation or 0)}:"
         indexes = [("all", b""), ("exp", b"")]
-        for keys in self._keys(user_prefix + "*", batch):
+        for keys in self._scan_keys(user_prefix + "*", batch):
             indexes += [("user", key[len(user_prefix) :]) for key in keys]
         dangling = 0
         for kind, user in indexes:
@@ -836,11 +993,11 @@ class TokenStore:
                 position += read - (found_here if repair else 0)
         return IndexReport(pruned, dangling, unindexed, no_ttl, stale)
 
-    def _keys(self, pattern: str, batch: int) -> Iterator[list[bytes]]:
+    def _scan_keys(self, pattern: str, batch: int) -> Iterator[list[bytes]]:
         """Names of keys matching a pattern of the store's own prefix, in batches (SCAN,
         never KEYS; no user input is ever part of the pattern)."""
         keys = self.client.scan_iter(match=pattern, count=batch)
-        while chunk := self._timed("scan_keys", lambda: list(itertools.islice(keys, batch)), any_error=True):
+        while chunk := self._attempt("scan_keys", lambda: list(itertools.islice(keys, batch)), any_error=True):
             yield chunk
 
 

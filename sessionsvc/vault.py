@@ -11,7 +11,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .crypto import Cipher, DecryptionError
-from .store import NotFound, Record, StoreUnavailable, TokenStore, format_id, parse_id
+from .store import (
+    NotFound,
+    NumberInUse,
+    Record,
+    StoreUnavailable,
+    TokenStore,
+    format_id,
+    parse_id,
+)
 
 log = logging.getLogger("sessionsvc")
 
@@ -78,9 +86,14 @@ class TokenVault:
         return Revealed(record, token, self.cipher.fingerprint(token))
 
     def save(self, user_id: str, token: str, expires_at: int) -> Record:
-        number = self.store.reserve_number()
-        sealed = self.cipher.seal(token, format_id(number), user_id)
-        return self.store.create(number, user_id, sealed, token_preview(token), expires_at)
+        for _ in range(3):
+            number = self.store.reserve_number()
+            sealed = self.cipher.seal(token, format_id(number), user_id)
+            try:
+                return self.store.create(number, user_id, sealed, token_preview(token), expires_at)
+            except NumberInUse:
+                continue  # a failover lost the counter's last blocks; the store took a new one
+        raise StoreUnavailable("number_in_use")
 
     def refresh(self, record_id: str, token: str, expires_at: int, expected_version: int | None = None) -> Record:
         number = self._number(record_id)

@@ -1,0 +1,223 @@
+"""Redis processes a test starts, kills and stops itself, on free loopback ports: single
+servers, a master with a replica watched by three Sentinels, and a Cluster of masters.
+Never the machine's shared Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/local/bin")
+REDIS_CLI = shutil.which("redis-cli") or shutil.which("redis-cli", path="/usr/bin:/usr/local/bin")
+SERVICE = "mymaster"
+
+
+def need_binaries(*names: str) -> None:
+    found = {"redis-server": REDIS_SERVER, "redis-cli": REDIS_CLI}
+    missing = [name for name in names if not found[name]]
+    if missing:
+        pytest.skip(f"no {', '.join(missing)} binary on this machine (CI installs redis-server and redis-tools)")
+
+
+def free_port(with_bus: bool = False) -> int:
+    """A free loopback port; `with_bus` also needs port + 10000 free (the cluster bus)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not with_bus:
+            return port
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus, contextlib.suppress(OSError):
+            bus.bind(("127.0.0.1", port + 10000))
+            return port
+    raise RuntimeError("no free port pair")
+
+
+def wait_until(condition, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, OSError):
+            value = condition()
+            if value:
+                return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class RedisNode:
+    """One redis-server (or Sentinel) process."""
+
+    def __init__(self, directory: Path, name: str, *args: str, sentinel_conf: str | None = None,
+                 with_bus: bool = False, unix_socket: bool = False, password: str | None = None):
+        self.password = password
+        self.directory = directory / name
+        self.directory.mkdir(parents=True)
+        self.name = name
+        self.unix_socket = str(self.directory / "redis.sock") if unix_socket else None
+        self.port = 0 if unix_socket else free_port(with_bus)
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                  "--logfile", str(self.directory / "log"), "--daemonize", "no"]
+        if sentinel_conf is not None:
+            conf = self.directory / "sentinel.conf"
+            conf.write_text(sentinel_conf)
+            command = [REDIS_SERVER, str(conf), "--sentinel", *common]
+        else:
+            command = [REDIS_SERVER, *common, "--save", "", "--appendonly", "no",
+                       "--repl-diskless-sync-delay", "0", *args]
+            if password:
+                command += ["--requirepass", password, "--masterauth", password]
+            if unix_socket:
+                command += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
+        self.command = command
+        self.start()
+
+    def start(self, *extra: str) -> None:
+        """Start (or start again, on the same port and with the same options, plus `extra`)."""
+        self.process = subprocess.Popen([*self.command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: self.client().ping(), what=f"{self.name} to answer PING")
+        except BaseException:
+            self.kill()  # not yet in anyone's list of nodes to stop
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.unix_socket}" if self.unix_socket else f"redis://127.0.0.1:{self.port}"
+
+    def client(self, **options) -> redis.Redis:
+        options.setdefault("password", self.password)
+        if self.unix_socket:
+            return redis.Redis(unix_socket_path=self.unix_socket, socket_timeout=2, **options)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, **options)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, no goodbye to replicas or Sentinels."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def nodes_stopped_afterwards() -> Iterator[list[RedisNode]]:
+    started: list[RedisNode] = []
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+class SentinelGroup:
+    """A master, one replica and three Sentinels with short timeouts (failover in seconds)."""
+
+    def __init__(self, directory: Path, started: list[RedisNode], password: str | None = None):
+        self.master = RedisNode(directory, "master", password=password)
+        started.append(self.master)
+        self.replica = RedisNode(
+            directory, "replica", "--replicaof", "127.0.0.1", str(self.master.port), password=password
+        )
+        started.append(self.replica)
+        conf = (
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel failover-timeout {SERVICE} 4000\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+            + (f"sentinel auth-pass {SERVICE} {password}\n" if password else "")
+        )
+        self.sentinels = [RedisNode(directory, f"sentinel{index}", sentinel_conf=conf) for index in range(3)]
+        started.extend(self.sentinels)
+        wait_until(self._ready, timeout=20, what="Sentinels to see each other and the replica")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+
+    def _ready(self) -> bool:
+        if self.master.client().info("replication").get("slave0", {}).get("state") != "online":
+            return False
+        for sentinel in self.sentinels:
+            state = sentinel.client(decode_responses=True).sentinel_master(SERVICE)
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        _host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
+        return int(port)
+
+    def wait_in_sync(self) -> None:
+        """Until the replica has applied everything the master wrote."""
+        master = self.master.client()
+        wait_until(lambda: master.wait(1, 1000) >= 1, what="the replica to catch up")
+
+
+class Cluster:
+    """A Redis Cluster of masters created with `redis-cli --cluster create`."""
+
+    def __init__(self, directory: Path, started: list[RedisNode], masters: int = 3):
+        self.nodes = []
+        for index in range(masters):
+            node = RedisNode(
+                directory, f"cluster{index}", "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                with_bus=True,
+            )
+            started.append(node)
+            self.nodes.append(node)
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        wait_until(self._ready, timeout=20, what="the cluster to agree on its slots")
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            info = node.client().cluster("info")
+            if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) != len(self.nodes):
+                return False
+        return True
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def node_id(self, node: RedisNode) -> str:
+        return node.client().cluster("myid").decode()
+
+    def owner(self, slot: int) -> RedisNode:
+        """The master that serves `slot`, as the first node sees it."""
+        for start, end, primary, *_ in self.nodes[0].client().cluster("slots"):
+            if start <= slot <= end:
+                return next(node for node in self.nodes if node.port == int(primary[1]))
+        raise AssertionError(f"no master owns slot {slot}")
+
+    def slot_of(self, key: str) -> int:
+        return int(self.nodes[0].client().cluster("keyslot", key))
+
