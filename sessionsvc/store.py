@@ -45,8 +45,13 @@ Commands per operation (each is one EVALSHA, i.e. one round-trip)
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
 - create: GET gen, TIME, INCR saves, HSET + PEXPIREAT record, ZADD x3, prune.
+- bulk load (``create_many``): the create script per record, pipelined, one round-trip
+  per ``BULK_BATCH`` records.
 - refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), INCR saves,
-  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune.
+  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The caller must name the
+  owner (the ciphertext is bound to it): ``owner`` answers from a per-process cache of
+  record number -> user id filled by every record the store returns, and only on a miss
+  runs its script (GET gen, HMGET), a second round-trip.
 - get: GET gen, TIME, HMGET [+ HINCRBY/HSET reveal counters when revealing].
 - current / validity: GET gen, TIME, prune, ZREVRANGE of the (user) index from the top
   until a live record, HMGET.
@@ -63,7 +68,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +92,11 @@ from redis.retry import Retry
 PRUNE_BATCH = 256
 RECLAIM_BATCH = 1000
 ID_BLOCK = 16
+# Record number -> user id, per process. Safe to cache without invalidation: numbers are
+# never reused and a record's user never changes. Saves PUT the owner lookup it needs to
+# bind the new ciphertext to the user (a miss costs one extra round-trip).
+OWNER_CACHE_SIZE = 50_000
+BULK_BATCH = 1000
 RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
 
 
@@ -430,6 +441,13 @@ _SCRIPTS = {
     "reseal": _RESEAL,
 }
 
+
+
+def script_source(name: str) -> str:
+    """The full Lua text of one of the store's scripts (the benchmark baseline runs them too)."""
+    return _PRELUDE + _SCRIPTS[name]
+
+
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
     (ReadOnlyError, "read_only"),
@@ -511,6 +529,7 @@ class TokenStore:
         self._id_lock = threading.Lock()
         self._next_number = 0
         self._block_end = 0
+        self._owners: OrderedDict[int, str] = OrderedDict()
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -528,14 +547,25 @@ class TokenStore:
                 time.sleep(0.02)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
+    def _remember_owner(self, number: int, user_id: str) -> None:
+        owners = self._owners
+        if number in owners:
+            return
+        owners[number] = user_id
+        if len(owners) > OWNER_CACHE_SIZE:
+            try:
+                owners.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                pass
+
+    def _record(self, now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
         number, user, preview, expires, saved, created, version, reveals, revealed = fields
-        expires = int(expires)
+        number, user, expires = int(number), user.decode("ascii"), int(expires)
+        self._remember_owner(number, user)
         remaining_ms = expires * 1000 - now_ms
         return Record(
-            number=int(number),
-            user_id=user.decode("ascii"),
+            number=number,
+            user_id=user,
             token_preview=preview.decode("ascii"),
             expires_at=expires,
             saved_at=int(saved),
@@ -569,6 +599,14 @@ class TokenStore:
             self._next_number += 1
             return number
 
+    def reserve_numbers(self, count: int) -> range:
+        """`count` consecutive record numbers in one INCRBY (for bulk loads)."""
+        try:
+            end = int(self.client.incrby(self.root + ":ids", count))
+        except RedisError as error:
+            raise StoreUnavailable(_unavailable_kind(error) or "error") from None
+        return range(end - count + 1, end + 1)
+
     # --- operations ----------------------------------------------------------------
 
     def create(self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int) -> Record:
@@ -577,9 +615,32 @@ class TokenStore:
         )
         return self._record(now_ms, fields)
 
+    def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
+        """Bulk load: the create script for each (number, user id, sealed, preview,
+        expires_at), pipelined in batches (one round-trip per batch). Returns the count."""
+        count = 0
+        pipe = self.client.pipeline(transaction=False)
+        for number, user_id, sealed, preview, expires_at in rows:
+            self._scripts["create"](
+                keys=self._gen_key,
+                args=[self.root, number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH],
+                client=pipe,
+            )
+            count += 1
+            if count % batch == 0:
+                pipe.execute()
+        pipe.execute()
+        return count
+
     def owner(self, number: int) -> str | None:
+        cached = self._owners.get(number)
+        if cached is not None:
+            return cached
         user = self._run("owner", number, retry=True)
-        return user.decode("ascii") if user else None
+        if not user:
+            return None
+        self._remember_owner(number, user.decode("ascii"))
+        return user.decode("ascii")
 
     def refresh(
         self,
