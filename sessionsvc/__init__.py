@@ -14,6 +14,7 @@ from .api import blp
 from .config import Config
 from .crypto import Cipher, generate_key
 from .errors import ServiceApi, register_error_handlers
+from .jsonprovider import OrjsonProvider
 from .ops import ops
 from .store import TokenStore, connect
 from .vault import TokenVault
@@ -49,7 +50,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     config.check()
 
     app = Flask(__name__, instance_relative_config=True)
-    app.json.sort_keys = False
+    app.json = OrjsonProvider(app)
     app.config.update(
         SESSIONSVC=config,
         MAX_CONTENT_LENGTH=config.max_body_bytes,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Response, after_this_request, current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from marshmallow import Schema
+from webargs.flaskparser import FlaskParser
 
 from .schemas import (
     Cleared,
@@ -27,7 +30,36 @@ from .vault import Revealed, TokenVault
 PREFIX = "/api/v1/session-storage"
 CLEARED_MESSAGE = "All session tokens cleared from secure storage"
 
-blp = Blueprint(
+QUERY_CACHE_SIZE = 1024
+
+
+class QueryParser(FlaskParser):
+    """webargs' parser that validates each distinct query string once per process: query
+    strings repeat (none at all, ``page=1&limit=20``) and the query schemas are pure
+    functions of them. Invalid ones are never cached, so they fail every time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parsed: dict[tuple[int, bytes], dict] = {}
+
+    def parse(self, argmap: Any, req: Any = None, *, location: str | None = None, **kwargs: Any) -> Any:
+        if location != "query" or not isinstance(argmap, Schema) or kwargs.get("validate"):
+            return super().parse(argmap, req, location=location, **kwargs)
+        key = (id(argmap), (req or request).query_string)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            parsed = super().parse(argmap, req, location=location, **kwargs)
+            if len(self._parsed) >= QUERY_CACHE_SIZE:
+                self._parsed.clear()
+            self._parsed[key] = parsed
+        return dict(parsed)
+
+
+class ServiceBlueprint(Blueprint):
+    ARGUMENTS_PARSER = QueryParser()
+
+
+blp = ServiceBlueprint(
     "session-storage",
     __name__,
     url_prefix=PREFIX,
@@ -81,21 +113,21 @@ def require_json_body():
 
 @blp.route("")
 class TokenCollection(MethodView):
-    @blp.arguments(PageQuery, location="query", as_kwargs=True)
+    @blp.arguments(PageQuery(), location="query", as_kwargs=True)
     @blp.response(200, TokenPage)
     def get(self, page: int, limit: int, user_id: str | None):
         """List stored tokens, most recently saved first (previews only)."""
         total, records = vault().page(page, limit, user_id)
         return {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
 
-    @blp.arguments(TokenCreate)
+    @blp.arguments(TokenCreate())
     @blp.response(201, TokenCreated)
     def post(self, body: dict):
         """Store a token for a user."""
         record = vault().save(body["user_id"], body["token"], body["expires_at"])
         return record, 201, {"Location": url_for(".TokenItem", record_id=record.id)}
 
-    @blp.arguments(UserQuery, location="query", as_kwargs=True)
+    @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Cleared)
     def delete(self, user_id: str | None):
         """Clear every stored token (or one user's)."""
@@ -106,7 +138,7 @@ class TokenCollection(MethodView):
 
 @blp.route("/current")
 class CurrentTokenView(MethodView):
-    @blp.arguments(UserQuery, location="query", as_kwargs=True)
+    @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, CurrentToken)
     def get(self, user_id: str | None):
         """The most recently saved token still held (optionally for one user)."""
@@ -120,7 +152,7 @@ class CurrentTokenView(MethodView):
 
 @blp.route("/validity")
 class ValidityView(MethodView):
-    @blp.arguments(UserQuery, location="query", as_kwargs=True)
+    @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Validity)
     def get(self, user_id: str | None):
         """Whether the current token is still valid, and for how long."""
@@ -147,7 +179,7 @@ class TokenItem(MethodView):
             "saved_at": record.saved_at,
         }, 200, {"ETag": f'"{record.version}"'}
 
-    @blp.arguments(TokenRefresh)
+    @blp.arguments(TokenRefresh())
     @blp.response(200, TokenSummary)
     def put(self, body: dict, record_id: str):
         """Replace a record's token and expiry (refresh)."""
