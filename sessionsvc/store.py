@@ -558,14 +558,20 @@ class TokenStore:
             except KeyError:  # another thread emptied it meanwhile
                 pass
 
-    def _record(self, now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
+    def _held(self, now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
+        """A record as Redis returned it; its owner is remembered for later refreshes."""
+        record = self._record(now_ms, fields, sealed)
+        self._remember_owner(record.number, record.user_id)
+        return record
+
+    @staticmethod
+    def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
         number, user, preview, expires, saved, created, version, reveals, revealed = fields
-        number, user, expires = int(number), user.decode("ascii"), int(expires)
-        self._remember_owner(number, user)
+        expires = int(expires)
         remaining_ms = expires * 1000 - now_ms
         return Record(
-            number=number,
-            user_id=user,
+            number=int(number),
+            user_id=user.decode("ascii"),
             token_preview=preview.decode("ascii"),
             expires_at=expires,
             saved_at=int(saved),
@@ -613,7 +619,7 @@ class TokenStore:
         now_ms, fields = self._run(
             "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
         )
-        return self._record(now_ms, fields)
+        return self._held(now_ms, fields)
 
     def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
         """Bulk load: the create script for each (number, user id, sealed, preview,
@@ -659,22 +665,22 @@ class TokenStore:
             raise NotFound(format_id(number))
         if reply[0] == -1:
             raise PreconditionFailed(int(reply[1]))
-        return self._record(reply[1], reply[2])
+        return self._held(reply[1], reply[2])
 
     def get(self, number: int, reveal: bool = False) -> Record | None:
         reply = self._run("get", number, "1" if reveal else "0", retry=not reveal)
-        return self._record(reply[0], reply[1], reply[2]) if len(reply) > 1 else None
+        return self._held(reply[0], reply[1], reply[2]) if len(reply) > 1 else None
 
     def current(self, user_id: str | None = None, reveal: bool = False) -> Record | None:
         reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
         if len(reply) == 1:
             return None
-        return self._record(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
+        return self._held(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
 
     def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
         reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
         now_ms = reply[0]
-        return int(reply[1]), [self._record(now_ms, fields) for fields in reply[2:]]
+        return int(reply[1]), [self._held(now_ms, fields) for fields in reply[2:]]
 
     def delete(self, number: int) -> bool:
         return bool(self._run("delete", number))
