@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ ENDPOINTS = {  # mode: (label, target ratio of requests/s)
 P99_LIMIT = 1.5
 # The mixed workload (same weights as bench/wrk.lua): percent per request kind.
 MIX = (("validity", 30), ("current", 25), ("get_id", 15), ("list", 10), ("post", 12), ("put", 8))
-SWEEP = (("sync", 2, 1), ("sync", 4, 1), ("gthread", 2, 4), ("gevent", 2, 1), ("gevent", 3, 1), ("gevent", 4, 1))
+SWEEP = "sync:2:1,sync:4:1,gthread:2:4,gevent:2:1,gevent:3:1,gevent:4:1"  # class:workers:threads
 
 
 def log(message: str) -> None:
@@ -128,9 +129,31 @@ def clean_environment(**settings: str) -> dict[str, str]:
     return env
 
 
+def _cpu_ticks(pid: int, children_too: bool = False) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks + (int(fields[13]) + int(fields[14]) if children_too else 0)  # + reaped children
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the arbiter and its workers, restarted ones included: a
+        measure of cost per request that other load on the machine barely moves."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        ticks = _cpu_ticks(self.pid, children_too=True) + sum(_cpu_ticks(int(child)) for child in children)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict[str, str], workdir: Path, name: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
-    """`gunicorn -c gunicorn.conf.py <app>` on a free port; yields its base URL."""
+def gunicorn(app: str, env: dict[str, str], workdir: Path, name: str, extra: tuple[str, ...] = ()) -> Iterator[Server]:
+    """`gunicorn -c gunicorn.conf.py <app>` on a free port."""
     port = free_port()
     stderr = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
@@ -154,7 +177,7 @@ def gunicorn(app: str, env: dict[str, str], workdir: Path, name: str, extra: tup
                 raise RuntimeError(f"{name} did not answer /healthz")
             time.sleep(0.1)
         time.sleep(0.5)  # let every worker finish booting
-        yield f"http://127.0.0.1:{port}"
+        yield Server(f"http://127.0.0.1:{port}", process.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGQUIT)  # quick shutdown of the arbiter and its workers
@@ -327,6 +350,7 @@ def combine(runs: list[dict]) -> dict:
         "p50_ms": round(statistics.fmean(run["p50_ms"] for run in runs), 3),
         "p99_ms": round(statistics.fmean(run["p99_ms"] for run in runs), 3),
         "rounds": [round(run["rps"], 1) for run in runs],
+        "cpu_us_per_request": round(sum(run["cpu_seconds"] for run in runs) / max(requests, 1) * 1e6, 1),
     }
 
 
@@ -348,12 +372,15 @@ class Bench:
     def baseline_env(self, url: str, **extra: str) -> dict[str, str]:
         return clean_environment(SESSIONSVC_REDIS_URL=url, SESSIONSVC_KEY_PREFIX=BASELINE_PREFIX, **extra)
 
-    def drive(self, base_url: str, mode: str, duration: float, connections: int | None = None,
+    def drive(self, server: Server, mode: str, duration: float, connections: int | None = None,
               ids: int | None = None) -> dict:
-        return self.driver(base_url, mode, duration, connections or self.args.connections, self.args.threads,
-                           ids or self.args.seed, self.expires, self.args.token_chars)
+        cpu_before = server.cpu_seconds()
+        run = self.driver(server.url, mode, duration, connections or self.args.connections, self.args.threads,
+                          ids or self.args.seed, self.expires, self.args.token_chars)
+        run["cpu_seconds"] = server.cpu_seconds() - cpu_before
+        return run
 
-    def side_by_side(self, service: str, baseline: str, mode: str) -> dict:
+    def side_by_side(self, service: Server, baseline: Server, mode: str) -> dict:
         """Warm both up, then alternate service and baseline for the configured rounds."""
         args = self.args
         if args.warmup:
@@ -383,6 +410,8 @@ class Bench:
                     service_side, baseline_side = result["service"], result["baseline"]
                     result["ratio"] = round(service_side["rps"] / baseline_side["rps"], 3)
                     result["p99_ratio"] = round(service_side["p99_ms"] / max(baseline_side["p99_ms"], 1e-6), 3)
+                    result["cpu_ratio"] = round(
+                        baseline_side["cpu_us_per_request"] / max(service_side["cpu_us_per_request"], 1e-6), 3)
                     result["target"] = target
                     result["met"] = result["ratio"] >= target and result["p99_ratio"] <= P99_LIMIT
                     endpoints[mode] = result
@@ -397,9 +426,10 @@ class Bench:
         with redis_server(self.workdir) as url:
             seed(url, self.key, args.seed, token_chars=args.token_chars)
             seed(url, None, args.seed, key_prefix=BASELINE_PREFIX, token_chars=args.token_chars)
-            for worker_class, workers, threads in SWEEP:
-                extra = ("-k", worker_class, "-w", str(workers), "--threads", str(threads))
-                name = f"{worker_class}-w{workers}" + (f"-t{threads}" if threads > 1 else "")
+            for config in args.sweep_configs.split(","):
+                worker_class, workers, threads = config.split(":")
+                extra = ("-k", worker_class, "-w", workers, "--threads", threads)
+                name = f"{worker_class}-w{workers}" + (f"-t{threads}" if int(threads) > 1 else "")
                 with gunicorn("wsgi:app", self.service_env(url), self.workdir, name, extra) as service, \
                         gunicorn("bench.baseline_app:app", self.baseline_env(url), self.workdir, name + "-base",
                                  extra) as baseline:
@@ -530,7 +560,7 @@ class Bench:
         log(json.dumps(result, indent=2))
         return {"burst": result}
 
-    def list_and_post(self, service: str, duration: float) -> dict[str, dict]:
+    def list_and_post(self, service: Server, duration: float) -> dict[str, dict]:
         half = max(1, self.args.connections // 2)
         results: dict[str, dict] = {}
 
@@ -577,7 +607,8 @@ def format_row(label: str, result: dict) -> str:
         f"{label:28} service {service['rps']:7.0f} req/s p50 {service['p50_ms']:6.2f} p99 {service['p99_ms']:6.2f} ms"
         f" | baseline {baseline['rps']:7.0f} req/s p50 {baseline['p50_ms']:6.2f} p99 {baseline['p99_ms']:6.2f} ms"
         f" | ratio {result['ratio']:.2f} (>= {result['target']:.2f}) p99 x{result['p99_ratio']:.2f}"
-        f" {'ok' if result['met'] else 'MISSED'}"
+        f" {'ok' if result['met'] else 'MISSED'} | cpu/req {service['cpu_us_per_request']:.0f}"
+        f" vs {baseline['cpu_us_per_request']:.0f} us (ratio {result['cpu_ratio']:.2f})"
     )
 
 
@@ -586,8 +617,9 @@ def markdown_main(report: dict) -> str:
         f"Run {report['date']} on {report['cores']} cores ({report['machine']}), command: `{report['command']}`",
         f"(load: {report['load']}).",
         "",
-        "| endpoint | service req/s | p50 ms | p99 ms | baseline req/s | p50 ms | p99 ms | ratio (target) | p99 × |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | service req/s | p50 ms | p99 ms | baseline req/s | p50 ms | p99 ms | ratio (target) | p99 × "
+        "| CPU µs/req service / baseline (ratio) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, result in report["endpoints"].items():
         service, baseline = result["service"], result["baseline"]
@@ -595,7 +627,9 @@ def markdown_main(report: dict) -> str:
         lines.append(
             f"| {ENDPOINTS[mode][0]} | {service['rps']:.0f} | {service['p50_ms']:.2f} | {service['p99_ms']:.2f} "
             f"| {baseline['rps']:.0f} | {baseline['p50_ms']:.2f} | {baseline['p99_ms']:.2f} "
-            f"| {result['ratio']:.2f} (≥ {result['target']:.2f}){mark} | {result['p99_ratio']:.2f} |"
+            f"| {result['ratio']:.2f} (≥ {result['target']:.2f}){mark} | {result['p99_ratio']:.2f} "
+            f"| {service['cpu_us_per_request']:.0f} / {baseline['cpu_us_per_request']:.0f} "
+            f"({result['cpu_ratio']:.2f}) |"
         )
     return "\n".join(lines)
 
@@ -702,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated subset of the table")
     parser.add_argument("--seed", type=int, default=10_000, help="records seeded per side")
     parser.add_argument("--token-chars", type=int, default=800)
+    parser.add_argument("--sweep-configs", default=SWEEP, help="worker_class:workers:threads,...")
     parser.add_argument("--scale-sizes", default="1000,100000,1000000")
     parser.add_argument("--scale-duration", type=float, default=3.0)
     parser.add_argument("--scale-connections", type=int, default=2)
@@ -715,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=DOCS)
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     args = parser.parse_args(argv)
+    # A terminated run still stops its redis-server and gunicorns (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     if args.driver == "wrk" and shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk), or use --driver python")
