@@ -93,13 +93,14 @@ def bench_token(tag: str, chars: int) -> str:
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A private redis-server on a free loopback port, no persistence; yields its URL."""
+def redis_server(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]:
+    """A private redis-server on a free loopback port, no persistence; yields its URL.
+    `options` are extra `--name value` pairs for redis-server (e.g. encoding thresholds)."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+         "--dir", str(workdir), "--logfile", str(workdir / "redis.log"), *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
@@ -489,7 +490,9 @@ class Bench:
     def memory(self) -> dict:
         args = self.args
         count = args.memory_records
-        with redis_server(self.workdir) as url:
+        options = tuple(part for option in args.redis_option
+                        for part in ("--" + option.split()[0], *option.split()[1:]))
+        with redis_server(self.workdir, options) as url:
             client = redis.Redis.from_url(url)
             client.ping()
             before = client.info("memory")["used_memory"]
@@ -514,6 +517,7 @@ class Bench:
             client.close()
         total = after - before
         result = {
+            "redis_options": args.redis_option,
             "records": count,
             "users": max(1, count // 4),
             "token_chars": 800,
@@ -742,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-connections", type=int, default=2)
     parser.add_argument("--scale-token-chars", type=int, default=40)
     parser.add_argument("--memory-records", type=int, default=100_000)
+    parser.add_argument("--redis-option", action="append", default=[],
+                        help="memory run: a redis-server setting, e.g. 'hash-max-listpack-value 1024'")
     parser.add_argument("--burst-records", type=int, default=100_000)
     parser.add_argument("--burst-seconds", type=float, default=60.0, help="measured window after the burst")
     parser.add_argument("--burst-normal", type=float, default=10.0, help="measured window before the burst")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Response, after_this_request, current_app, g, request, url_for
+from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema
@@ -125,7 +125,8 @@ class TokenCollection(MethodView):
     def post(self, body: dict):
         """Store a token for a user."""
         record = vault().save(body["user_id"], body["token"], body["expires_at"])
-        return record, 201, {"Location": url_for(".TokenItem", record_id=record.id)}
+        # Built directly: url_for's route-map build is measurable on this hot path.
+        return record, 201, {"Location": f"{request.script_root}{PREFIX}/{record.id}"}
 
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Cleared)
