@@ -46,7 +46,8 @@ def test_bench_sweep_scale_memory_and_burst_runs_complete(tmp_path):
         tmp_path, "--sweep", "--sweep-configs", "gevent:1:1", "--duration", "0.3",
         "--scale", "--scale-sizes", "20,60", "--scale-duration", "0.3",
         "--memory", "--memory-records", "200",
-        "--burst", "--burst-records", "300", "--burst-seconds", "1", "--burst-normal", "0.5", "--burst-lead", "5",
+        "--burst", "--burst-records", "300", "--burst-seconds", "1", "--burst-first", "0.5",
+        "--burst-normal", "0.5", "--burst-lead", "5",
     )
     assert reports["sweep"]["sweep"][0]["service"]["errors"] == 0
     assert set(reports["scale"]["scale"]["p50_ratio_last_first"]) == {
