@@ -43,6 +43,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     from .api import blp
     from .crypto import Cipher
     from .errors import ServiceApi, register_error_handlers
+    from .jsonprovider import OrjsonProvider
     from .ops import docs, health
     from .store import TokenStore, connect
     from .vault import TokenVault
@@ -55,7 +56,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
 
     app = Flask(__name__, instance_relative_config=True)
     logs.install(app, config)
-    app.json.sort_keys = False
+    app.json = OrjsonProvider(app)
     app.config.update(
         SESSIONSVC=config,
         MAX_CONTENT_LENGTH=config.max_body_bytes,

@@ -8,7 +8,7 @@ import hmac
 import re
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, g, request
 from flask_smorest import Api, abort
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -23,6 +23,7 @@ DOCS_CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+REQUEST_ID_KEY = "sessionsvc.request_id"
 BEARER_SCHEME = "bearerAuth"
 
 
@@ -41,6 +42,47 @@ class DoubledPrefixAlias:
         return self.wsgi_app(environ, start_response)
 
 
+def request_id_of(environ: dict) -> str:
+    """The request's id: the client's X-Request-ID when it is sane, else a new one (kept
+    in the environ, so every layer sees the same)."""
+    request_id = environ.get(REQUEST_ID_KEY)
+    if request_id is None:
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        environ[REQUEST_ID_KEY] = request_id
+    return request_id
+
+
+class ResponseHeaders:
+    """Gives every request its id and every response the headers all of them carry.
+
+    At the WSGI layer rather than in Flask hooks: the same few tuples for every response
+    cost a fraction there of what werkzeug's header objects cost (docs/benchmarks.md).
+    The id is ``environ[REQUEST_ID_KEY]``, and ``g.request_id`` for the app's own logs.
+    """
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        request_id = request_id_of(environ)
+        path = environ.get("PATH_INFO", "")
+        added = [("X-Request-ID", request_id), ("X-Content-Type-Options", "nosniff"),
+                 ("Referrer-Policy", "no-referrer")]
+        if not path.startswith("/docs/assets/"):
+            added.append(("Cache-Control", "no-store"))
+        csp = DOCS_CSP if path.startswith("/docs") else API_CSP
+
+        def start_with_headers(status, headers, exc_info=None):
+            replaced = {name.lower() for name, _ in added}
+            kept = [(name, value) for name, value in headers if name.lower() not in replaced]
+            if not any(name.lower() == "content-security-policy" for name, _ in kept):
+                kept.append(("Content-Security-Policy", csp))
+            return start_response(status, kept + added, exc_info)
+
+        return self.wsgi_app(environ, start_with_headers)
+
+
 def declare_bearer_auth(api: Api) -> None:
     """Declare the bearer scheme in the OpenAPI document (Swagger UI's Authorize button)."""
     api.spec.components.security_scheme(
@@ -55,7 +97,7 @@ def _digest(value: bytes) -> bytes:
 
 
 def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
-    app.wsgi_app = DoubledPrefixAlias(app.wsgi_app)
+    app.wsgi_app = ResponseHeaders(DoubledPrefixAlias(app.wsgi_app))
     if proxy_hops:
         # The client address (rate limits, logs) is the one the trusted proxies saw; with no
         # proxies configured, X-Forwarded-For is ignored, since any client can write it.
@@ -64,9 +106,8 @@ def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
     key_digests = [_digest(key.encode()) for key in api_keys]
 
     @app.before_request
-    def assign_request_id():
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+    def expose_request_id():
+        g.request_id = request_id_of(request.environ)
 
     if key_digests:
 
@@ -88,14 +129,3 @@ def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
                     headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'},
                 )
             g.client_key_id = hmac.new(b"sessionsvc client", presented_bytes, "sha256").hexdigest()[:8]
-
-    @app.after_request
-    def security_headers(response: Response) -> Response:
-        headers = response.headers
-        headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
-        if not request.path.startswith("/docs/assets/"):
-            headers["Cache-Control"] = "no-store"
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
-        headers.setdefault("Content-Security-Policy", DOCS_CSP if request.path.startswith("/docs") else API_CSP)
-        return response

@@ -50,8 +50,13 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
 - create: GET gen, TIME, INCR saves, HSET + PEXPIREAT record, ZADD x3, prune.
+- bulk load (``create_many``): the create script per record, pipelined, one round-trip
+  per ``BULK_BATCH`` records.
 - refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), INCR saves,
-  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune.
+  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The caller must name the
+  owner (the ciphertext is bound to it): ``owner`` answers from a per-process cache of
+  record number -> user id filled by every record the store returns, and only on a miss
+  runs its script (GET gen, HMGET), a second round-trip.
 - get: GET gen, TIME, HMGET [+ HINCRBY/HSET reveal counters when revealing].
 - current / validity: GET gen, TIME, prune, ZREVRANGE of the (user) index from the top
   until a live record, HMGET.
@@ -91,7 +96,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +121,11 @@ from redis.retry import Retry
 PRUNE_BATCH = 256
 RECLAIM_BATCH = 1000
 ID_BLOCK = 16
+# Record number -> user id, per process. Safe to cache without invalidation: numbers are
+# never reused and a record's user never changes. Saves PUT the owner lookup it needs to
+# bind the new ciphertext to the user (a miss costs one extra round-trip).
+OWNER_CACHE_SIZE = 50_000
+BULK_BATCH = 1000
 RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
 CENSUS_SAMPLE = 200
 SEALED_HEAD_BYTES = 17  # enough for '<key id>:' (key ids are at most 16 characters)
@@ -573,6 +584,12 @@ _SCRIPTS = {
     "check_entries": _CHECK_ENTRIES,
 }
 
+
+def script_source(name: str) -> str:
+    """The full Lua text of one of the store's scripts (the benchmark baseline runs them too)."""
+    return _PRELUDE + _SCRIPTS[name]
+
+
 # Replies meaning Redis cannot serve the command now; the kind names the reason. The
 # cluster kinds occur while the store's slot moves between masters or a master fails over.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
@@ -716,6 +733,7 @@ class TokenStore:
         self._id_lock = threading.Lock()
         self._next_number = 0
         self._block_end = 0
+        self._owners: OrderedDict[int, str] = OrderedDict()
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -797,6 +815,23 @@ class TokenStore:
 
         return self._attempt(name, run, retry=True)
 
+    def _remember_owner(self, number: int, user_id: str) -> None:
+        owners = self._owners
+        if number in owners:
+            return
+        owners[number] = user_id
+        if len(owners) > OWNER_CACHE_SIZE:
+            try:
+                owners.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                pass
+
+    def _held(self, now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
+        """A record as Redis returned it; its owner is remembered for later refreshes."""
+        record = self._record(now_ms, fields, sealed)
+        self._remember_owner(record.number, record.user_id)
+        return record
+
     @staticmethod
     def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
         number, user, preview, expires, saved, created, version, reveals, revealed = fields
@@ -856,6 +891,11 @@ class TokenStore:
         with self._id_lock:
             self._next_number = self._block_end = 0
 
+    def reserve_numbers(self, count: int) -> range:
+        """`count` consecutive record numbers in one INCRBY (for bulk loads)."""
+        end = int(self._attempt("reserve", lambda: self.client.incrby(self.root + ":ids", count), any_error=True))
+        return range(end - count + 1, end + 1)
+
     # --- operations ----------------------------------------------------------------
 
     def create(self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int) -> Record:
@@ -870,11 +910,34 @@ class TokenStore:
                 raise
             self._forget_block()
             raise NumberInUse(format_id(number)) from None
-        return self._record(now_ms, fields)
+        return self._held(now_ms, fields)
+
+    def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
+        """Bulk load: the create script for each (number, user id, sealed, preview,
+        expires_at), pipelined in batches (one round-trip per batch). Returns the count."""
+        count = 0
+        pipe = self.client.pipeline(transaction=False)
+        for number, user_id, sealed, preview, expires_at in rows:
+            self._scripts["create"](
+                keys=self._keys,
+                args=[self.root, number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH],
+                client=pipe,
+            )
+            count += 1
+            if count % batch == 0:
+                pipe.execute()
+        pipe.execute()
+        return count
 
     def owner(self, number: int) -> str | None:
+        cached = self._owners.get(number)
+        if cached is not None:
+            return cached
         user = self._run("owner", number, retry=True)
-        return user.decode("ascii") if user else None
+        if not user:
+            return None
+        self._remember_owner(number, user.decode("ascii"))
+        return user.decode("ascii")
 
     def refresh(
         self,
@@ -893,7 +956,7 @@ class TokenStore:
             raise NotFound(format_id(number))
         if reply[0] == -1:
             raise PreconditionFailed(int(reply[1]))
-        return self._record(reply[1], reply[2])
+        return self._held(reply[1], reply[2])
 
     def get(self, number: int, reveal: bool = False) -> Record | None:
         """The record with its sealed token. `reveal` counts the reveal (on the primary
@@ -902,7 +965,7 @@ class TokenStore:
             reply = self._read("get", number, "0")
         else:
             reply = self._run("get", number, "1" if reveal else "0", retry=not reveal)
-        return self._record(reply[0], reply[1], reply[2]) if len(reply) > 1 else None
+        return self._held(reply[0], reply[1], reply[2]) if len(reply) > 1 else None
 
     def current(self, user_id: str | None = None, reveal: bool = False) -> Record | None:
         """The most recently saved record held (with its sealed token when `reveal`)."""
@@ -912,7 +975,7 @@ class TokenStore:
             reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
         if len(reply) == 1:
             return None
-        return self._record(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
+        return self._held(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
 
     def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
         if self.replicas is not None:
@@ -920,7 +983,7 @@ class TokenStore:
         else:
             reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
         now_ms = reply[0]
-        return int(reply[1]), [self._record(now_ms, fields) for fields in reply[2:]]
+        return int(reply[1]), [self._held(now_ms, fields) for fields in reply[2:]]
 
     def delete(self, number: int) -> bool:
         return bool(self._run("delete", number))

@@ -1,0 +1,146 @@
+"""The ceiling the service is measured against: plain Flask + redis-py doing the service's
+Redis work for each request and nothing else.
+
+Same Lua scripts as the store (their text is taken from it), one script call per request,
+ids reserved in the same blocks, the same per-process owner cache in front of PUT's owner
+lookup, and the same response bodies. No validation, no encryption (the token is stored as
+it came), no error handling, no security headers, Flask's stock JSON. `bench/run.py` serves
+it under the service's own gunicorn settings: `gunicorn -c gunicorn.conf.py bench.baseline_app:app`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime
+
+import redis
+from flask import Flask, jsonify, request
+
+from sessionsvc.store import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, format_id, script_source
+
+PREFIX = "/api/v1/session-storage"
+ROOT = "{" + os.environ.get("SESSIONSVC_KEY_PREFIX", "sessionsvc") + "}"
+RETENTION_MS = int(os.environ.get("SESSIONSVC_RETENTION_SECONDS", "86400")) * 1000
+
+client = redis.Redis.from_url(os.environ["SESSIONSVC_REDIS_URL"], socket_timeout=1.0, max_connections=50)
+scripts = {name: client.register_script(script_source(name))
+           for name in ("create", "refresh", "get", "owner", "current", "page")}
+keys = [ROOT + ":gen"]
+owners: dict[int, str] = {}
+id_lock = threading.Lock()
+id_block = [0, 0]  # next number, end of block
+
+app = Flask(__name__)
+app.json.sort_keys = False
+
+
+def iso(seconds: int | bytes) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
+
+
+def summary(now_ms: int, fields: list) -> dict:
+    number, user, preview, expires, saved = fields[:5]
+    owners[int(number)] = user.decode()
+    if len(owners) > OWNER_CACHE_SIZE:
+        owners.clear()
+    return {
+        "id": format_id(int(number)),
+        "user_id": user.decode(),
+        "token_preview": preview.decode(),
+        "expires_at": iso(expires),
+        "is_valid": int(expires) * 1000 > now_ms,
+        "saved_at": iso(saved),
+    }
+
+
+def reserve_number() -> int:
+    with id_lock:
+        if id_block[0] == 0 or id_block[0] >= id_block[1]:
+            end = client.incrby(ROOT + ":ids", ID_BLOCK)
+            id_block[0], id_block[1] = end - ID_BLOCK + 1, end + 1
+        id_block[0] += 1
+        return id_block[0] - 1
+
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@app.get(PREFIX)
+def page():
+    page, limit = int(request.args.get("page", 1)), int(request.args.get("limit", 20))
+    reply = scripts["page"](keys=keys, args=[ROOT, "", (page - 1) * limit, limit, PRUNE_BATCH])
+    now_ms = reply[0]
+    data = [summary(now_ms, fields) for fields in reply[2:]]
+    return jsonify(data=data, pagination={"page": page, "limit": limit, "total": reply[1]})
+
+
+@app.post(PREFIX)
+def create():
+    body = request.get_json()
+    number = reserve_number()
+    token = body["token"]
+    preview = f"{token[:8]}...{token[-4:]}"
+    expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
+    now_ms, fields = scripts["create"](
+        keys=keys, args=[ROOT, number, body["user_id"], token, preview, expires, RETENTION_MS, PRUNE_BATCH]
+    )
+    result = summary(now_ms, fields)
+    result["created_at"] = iso(fields[5])
+    return result, 201, {"Location": f"{PREFIX}/{result['id']}"}
+
+
+@app.get(PREFIX + "/current")
+def current():
+    reply = scripts["current"](keys=keys, args=[ROOT, "", PRUNE_BATCH, "1"])
+    if len(reply) == 1:
+        return {"message": "none"}, 404
+    expires = int(reply[1][3])
+    return {"token": reply[2].decode(), "expires_at": iso(expires), "is_valid": expires * 1000 > reply[0]}
+
+
+@app.get(PREFIX + "/validity")
+def validity():
+    reply = scripts["current"](keys=keys, args=[ROOT, "", PRUNE_BATCH, "0"])
+    if len(reply) == 1:
+        return {"is_valid": False, "expires_at": None, "seconds_remaining": 0}
+    expires = int(reply[1][3])
+    remaining = max(0, (expires * 1000 - reply[0]) // 1000)
+    return {"is_valid": remaining > 0, "expires_at": iso(expires), "seconds_remaining": remaining}
+
+
+@app.get(PREFIX + "/<record_id>")
+def get(record_id: str):
+    reply = scripts["get"](keys=keys, args=[ROOT, int(record_id[6:]), "1"])
+    if len(reply) == 1:
+        return {"message": "none"}, 404
+    now_ms, fields, token = reply
+    result = summary(now_ms, fields)
+    return {
+        "id": result["id"],
+        "user_id": result["user_id"],
+        "token": token.decode(),
+        "expires_at": result["expires_at"],
+        "is_valid": result["is_valid"],
+        "saved_at": result["saved_at"],
+    }, 200, {"ETag": f'"{int(fields[6])}"'}
+
+
+@app.put(PREFIX + "/<record_id>")
+def refresh(record_id: str):
+    body = request.get_json()
+    number = int(record_id[6:])
+    user = owners.get(number)
+    if user is None:
+        user = scripts["owner"](keys=keys, args=[ROOT, number]).decode()
+    token = body["token"]
+    preview = f"{token[:8]}...{token[-4:]}"
+    expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
+    reply = scripts["refresh"](
+        keys=keys, args=[ROOT, number, user, token, preview, expires, RETENTION_MS, PRUNE_BATCH, ""]
+    )
+    result = summary(reply[1], reply[2])
+    return result, 200, {"ETag": f'"{int(reply[2][6])}"'}

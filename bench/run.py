@@ -1,0 +1,810 @@
+"""Benchmarks: the service against its ceiling, side by side, on a private redis-server.
+
+    python bench/run.py            # `make bench`: the table (service vs baseline, 6 endpoints)
+    python bench/run.py --sweep    # gunicorn worker classes and counts, mixed workload
+    python bench/run.py --scale    # `make bench-scale`: growth 1k -> 100k -> 1M records
+    python bench/run.py --memory   # Redis bytes per record and per index structure
+    python bench/run.py --burst    # 100k records expiring in the same second
+
+Everything runs on loopback: a redis-server on a free port (never the machine's shared
+one), the service under its production gunicorn settings (`gunicorn.conf.py`) and the
+baseline (`bench/baseline_app.py`) under the same settings, each with its own key prefix
+in that Redis and the same seeded records. Load comes from wrk (`bench/wrk.lua`), or from a
+small Python loop (`--driver python`, used by the smoke test). Results go to
+`bench/results/*.json` and, unless `--no-docs`, into the marked sections of
+`docs/benchmarks.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from sessionsvc.crypto import Cipher, generate_key  # noqa: E402
+from sessionsvc.store import TokenStore  # noqa: E402
+from sessionsvc.vault import TokenVault, token_preview  # noqa: E402
+
+PREFIX = "/api/v1/session-storage"
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+WRK_SCRIPT = ROOT / "bench" / "wrk.lua"
+SERVICE_PREFIX = "sessionsvc"
+BASELINE_PREFIX = "bench_baseline"
+
+ENDPOINTS = {  # mode: (label, target ratio of requests/s)
+    "get_id": ("GET /<id>", 0.85),
+    "current": ("GET /current", 0.85),
+    "validity": ("GET /validity", 0.85),
+    "list": ("GET list page 1 (limit 20)", 0.75),
+    "post": ("POST", 0.75),
+    "put": ("PUT /<id>", 0.75),
+}
+P99_LIMIT = 1.5
+# The mixed workload (same weights as bench/wrk.lua): percent per request kind.
+MIX = (("validity", 30), ("current", 25), ("get_id", 15), ("list", 10), ("post", 12), ("put", 8))
+SWEEP = "sync:2:1,sync:4:1,gthread:2:4,gevent:2:1,gevent:3:1,gevent:4:1"  # class:workers:threads
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def bench_token(tag: str, chars: int) -> str:
+    """A JWT-shaped token of `chars` characters, unique per tag."""
+    head = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9.{tag}."
+    return head + "x" * max(1, chars - len(head))
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]:
+    """A private redis-server on a free loopback port, no persistence; yields its URL.
+    `options` are extra `--name value` pairs for redis-server (e.g. encoding thresholds)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--logfile", str(workdir / "redis.log"), *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("private redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(10)
+
+
+def clean_environment(**settings: str) -> dict[str, str]:
+    """The process environment without any SESSIONSVC_*/REDIS_URL/WEB_CONCURRENCY of the
+    caller's shell (they would change what is measured), plus `settings`."""
+    env = {
+        name: value for name, value in os.environ.items()
+        if not name.startswith(("SESSIONSVC_", "GUNICORN_")) and name not in ("REDIS_URL", "WEB_CONCURRENCY")
+    }
+    env.update(settings)
+    return env
+
+
+def _cpu_ticks(pid: int, children_too: bool = False) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks + (int(fields[13]) + int(fields[14]) if children_too else 0)  # + reaped children
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the arbiter and its workers, restarted ones included: a
+        measure of cost per request that other load on the machine barely moves."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        ticks = _cpu_ticks(self.pid, children_too=True) + sum(_cpu_ticks(int(child)) for child in children)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def gunicorn(app: str, env: dict[str, str], workdir: Path, name: str, extra: tuple[str, ...] = ()) -> Iterator[Server]:
+    """`gunicorn -c gunicorn.conf.py <app>` on a free port."""
+    port = free_port()
+    stderr = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+               *extra, app]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited at start-up:\n{(workdir / f'{name}.log').read_text()[-2000:]}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/healthz")
+                if connection.getresponse().status == 200:
+                    connection.close()
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not answer /healthz")
+            time.sleep(0.1)
+        time.sleep(0.5)  # let every worker finish booting
+        yield Server(f"http://127.0.0.1:{port}", process.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGQUIT)  # quick shutdown of the arbiter and its workers
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        stderr.close()
+
+
+# --- seeding -------------------------------------------------------------------------------
+
+
+def seed(
+    url: str,
+    key: str | None,
+    count: int,
+    *,
+    key_prefix: str = SERVICE_PREFIX,
+    users: int = 1000,
+    token_chars: int = 800,
+    expires_at: int | None = None,
+    retention_seconds: int = 86400,
+    tag: str = "seed",
+    chunk: int = 10_000,
+) -> None:
+    """Bulk-load `count` records through the store's own create script (pipelined).
+    With a key the tokens are sealed as the service seals them (vault.save_many); without
+    one they are stored as they are, as the baseline stores them."""
+    expires_at = expires_at or int(time.time()) + 86400
+    client = redis.Redis.from_url(url)
+    store = TokenStore(client, key_prefix, retention_seconds)
+    vault = TokenVault(store, Cipher([key])) if key else None
+    done = 0
+    while done < count:
+        size = min(chunk, count - done)
+        entries = [(f"bench_u{(done + index) % users}", bench_token(f"{tag}-{done + index}", token_chars), expires_at)
+                   for index in range(size)]
+        if vault is not None:
+            vault.save_many(entries)
+        else:
+            numbers = store.reserve_numbers(size)
+            store.create_many(
+                (number, user, token.encode(), token_preview(token), expires)
+                for number, (user, token, expires) in zip(numbers, entries, strict=True)
+            )
+        done += size
+    client.close()
+
+
+# --- load drivers --------------------------------------------------------------------------
+
+
+def wrk_drive(base_url: str, mode: str, duration: float, connections: int, threads: int, ids: int,
+              expires: str, token_chars: int) -> dict:
+    env = {**os.environ, "BENCH_MODE": "path" if mode.startswith("/") else mode, "BENCH_PATH": mode,
+           "BENCH_IDS": str(ids), "BENCH_EXPIRES": expires, "BENCH_TOKEN_CHARS": str(token_chars)}
+    seconds = max(1, round(duration))
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+               "-s", str(WRK_SCRIPT), base_url]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    line = [text for text in output.splitlines() if text.startswith("{")][-1]
+    raw = json.loads(line)
+    errors = sum(raw["errors"].values())
+    seconds_taken = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "errors": errors,
+        "seconds": seconds_taken,
+        "rps": raw["requests"] / seconds_taken,
+        "p50_ms": raw["latency_us"]["p50"] / 1000,
+        "p99_ms": raw["latency_us"]["p99"] / 1000,
+    }
+
+
+class RequestMaker:
+    """The Python twin of bench/wrk.lua's request builders."""
+
+    def __init__(self, ids: int, expires: str, token_chars: int, tag: str):
+        self.ids, self.expires, self.token_chars, self.tag = ids, expires, token_chars, tag
+        self.counter = 0
+        self.random = random.Random(tag)
+
+    def _token(self) -> str:
+        self.counter += 1
+        return bench_token(f"{self.tag}-{self.counter}", self.token_chars)
+
+    def make(self, mode: str) -> tuple[str, str, str | None]:
+        if mode == "mixed":
+            mode = self.random.choices([kind for kind, _ in MIX], [weight for _, weight in MIX])[0]
+        item = f"{PREFIX}/store_{self.random.randint(1, self.ids):03d}"
+        if mode == "get_id":
+            return "GET", item, None
+        if mode in ("current", "validity"):
+            return "GET", f"{PREFIX}/{mode}", None
+        if mode == "list":
+            return "GET", f"{PREFIX}?page=1&limit=20", None
+        if mode == "post":
+            user = f"bench_u{self.random.randint(0, 999)}"
+            return "POST", PREFIX, json.dumps({"user_id": user, "token": self._token(), "expires_at": self.expires})
+        if mode == "put":
+            return "PUT", item, json.dumps({"token": self._token(), "expires_at": self.expires})
+        if mode.startswith("/"):
+            return "GET", mode, None
+        raise ValueError(mode)
+
+
+def python_drive(base_url: str, mode: str, duration: float, connections: int, threads: int, ids: int,
+                 expires: str, token_chars: int) -> dict:
+    """A small closed-loop load generator: `connections` keep-alive connections, one thread each."""
+    host, port = base_url.removeprefix("http://").split(":")
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0}
+    lock = threading.Lock()
+    deadline = time.perf_counter() + duration
+
+    def worker(number: int) -> None:
+        maker = RequestMaker(ids, expires, token_chars, f"p{number}")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        mine, errors = [], 0
+        while time.perf_counter() < deadline:
+            method, path, body = maker.make(mode)
+            headers = {"Content-Type": "application/json"} if body else {}
+            started = time.perf_counter()
+            try:
+                connection.request(method, path, body, headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status >= 400:
+                    errors += 1
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            mine.append(time.perf_counter() - started)
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            counts["requests"] += len(mine)
+            counts["errors"] += errors
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(number,)) for number in range(connections)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    seconds = time.perf_counter() - started
+    latencies.sort()
+
+    def percentile(fraction: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * fraction))] * 1000 if latencies else 0.0
+
+    return {**counts, "seconds": seconds, "rps": counts["requests"] / seconds,
+            "p50_ms": percentile(0.50), "p99_ms": percentile(0.99)}
+
+
+Driver = Callable[..., dict]
+
+
+def combine(runs: list[dict]) -> dict:
+    """Several rounds of one side: requests/s over all of them, latencies averaged."""
+    requests = sum(run["requests"] for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    return {
+        "requests": requests,
+        "errors": sum(run["errors"] for run in runs),
+        "rps": round(requests / seconds, 1),
+        "p50_ms": round(statistics.fmean(run["p50_ms"] for run in runs), 3),
+        "p99_ms": round(statistics.fmean(run["p99_ms"] for run in runs), 3),
+        "rounds": [round(run["rps"], 1) for run in runs],
+        "cpu_us_per_request": round(sum(run["cpu_seconds"] for run in runs) / max(requests, 1) * 1e6, 1),
+    }
+
+
+# --- the runs ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path):
+        self.args = args
+        self.workdir = workdir
+        self.key = generate_key("bench")
+        self.driver: Driver = wrk_drive if args.driver == "wrk" else python_drive
+        self.expires = iso(time.time() + 7 * 86400)
+
+    def service_env(self, url: str, **extra: str) -> dict[str, str]:
+        return clean_environment(SESSIONSVC_REDIS_URL=url, SESSIONSVC_ENCRYPTION_KEYS=self.key,
+                                 SESSIONSVC_ENV="development", SESSIONSVC_KEY_PREFIX=SERVICE_PREFIX, **extra)
+
+    def baseline_env(self, url: str, **extra: str) -> dict[str, str]:
+        return clean_environment(SESSIONSVC_REDIS_URL=url, SESSIONSVC_KEY_PREFIX=BASELINE_PREFIX, **extra)
+
+    def drive(self, server: Server, mode: str, duration: float, connections: int | None = None,
+              ids: int | None = None) -> dict:
+        cpu_before = server.cpu_seconds()
+        run = self.driver(server.url, mode, duration, connections or self.args.connections, self.args.threads,
+                          ids or self.args.seed, self.expires, self.args.token_chars)
+        run["cpu_seconds"] = server.cpu_seconds() - cpu_before
+        return run
+
+    def side_by_side(self, service: Server, baseline: Server, mode: str) -> dict:
+        """Warm both up, then alternate service and baseline for the configured rounds."""
+        args = self.args
+        if args.warmup:
+            self.drive(service, mode, args.warmup)
+            self.drive(baseline, mode, args.warmup)
+        runs: dict[str, list[dict]] = {"service": [], "baseline": []}
+        for round_number in range(args.rounds):
+            order = ("service", "baseline") if round_number % 2 == 0 else ("baseline", "service")
+            for side in order:
+                runs[side].append(self.drive(service if side == "service" else baseline, mode, args.duration))
+        return {side: combine(side_runs) for side, side_runs in runs.items()}
+
+    # -- make bench --------------------------------------------------------------------------
+
+    def main_table(self) -> dict:
+        args = self.args
+        with redis_server(self.workdir) as url:
+            log(f"seeding {args.seed} records per side ...")
+            seed(url, self.key, args.seed, token_chars=args.token_chars)
+            seed(url, None, args.seed, key_prefix=BASELINE_PREFIX, token_chars=args.token_chars)
+            with gunicorn("wsgi:app", self.service_env(url), self.workdir, "service") as service, \
+                    gunicorn("bench.baseline_app:app", self.baseline_env(url), self.workdir, "baseline") as baseline:
+                endpoints = {}
+                for mode in self.args.endpoints.split(","):
+                    label, target = ENDPOINTS[mode]
+                    result = self.side_by_side(service, baseline, mode)
+                    service_side, baseline_side = result["service"], result["baseline"]
+                    result["ratio"] = round(service_side["rps"] / baseline_side["rps"], 3)
+                    result["p99_ratio"] = round(service_side["p99_ms"] / max(baseline_side["p99_ms"], 1e-6), 3)
+                    result["cpu_ratio"] = round(
+                        baseline_side["cpu_us_per_request"] / max(service_side["cpu_us_per_request"], 1e-6), 3)
+                    result["target"] = target
+                    result["met"] = result["ratio"] >= target and result["p99_ratio"] <= P99_LIMIT
+                    endpoints[mode] = result
+                    log(format_row(label, result))
+        return {"endpoints": endpoints}
+
+    # -- worker sweep ------------------------------------------------------------------------
+
+    def sweep(self) -> dict:
+        args = self.args
+        rows = []
+        with redis_server(self.workdir) as url:
+            seed(url, self.key, args.seed, token_chars=args.token_chars)
+            seed(url, None, args.seed, key_prefix=BASELINE_PREFIX, token_chars=args.token_chars)
+            for config in args.sweep_configs.split(","):
+                worker_class, workers, threads = config.split(":")
+                extra = ("-k", worker_class, "-w", workers, "--threads", threads)
+                name = f"{worker_class}-w{workers}" + (f"-t{threads}" if int(threads) > 1 else "")
+                with gunicorn("wsgi:app", self.service_env(url), self.workdir, name, extra) as service, \
+                        gunicorn("bench.baseline_app:app", self.baseline_env(url), self.workdir, name + "-base",
+                                 extra) as baseline:
+                    result = self.side_by_side(service, baseline, "mixed")
+                result["config"] = name
+                result["ratio"] = round(result["service"]["rps"] / result["baseline"]["rps"], 3)
+                rows.append(result)
+                log(f"{name:16} service {result['service']['rps']:8.0f} req/s p99 {result['service']['p99_ms']:6.1f} ms"
+                    f" | baseline {result['baseline']['rps']:8.0f} req/s p99 {result['baseline']['p99_ms']:6.1f} ms"
+                    f" | ratio {result['ratio']:.2f}")
+        return {"sweep": rows}
+
+    # -- growth ------------------------------------------------------------------------------
+
+    def scale(self) -> dict:
+        """Latency of list page 1, page 500, current, validity and POST as the store grows.
+        Light load (few connections) so latency is service time, not queueing; the Redis
+        server's own time per script call (INFO commandstats) is reported next to it."""
+        args = self.args
+        sizes = [int(size) for size in args.scale_sizes.split(",")]
+        probes = {
+            "list page 1": f"{PREFIX}?page=1&limit=20",
+            "list page 500": f"{PREFIX}?page=500&limit=20",
+            "current": f"{PREFIX}/current",
+            "validity": f"{PREFIX}/validity",
+            "post": "post",
+        }
+        rows: dict[str, dict[str, dict]] = {name: {} for name in probes}
+        seeded = 0
+        with redis_server(self.workdir) as url:
+            client = redis.Redis.from_url(url)
+            with gunicorn("wsgi:app", self.service_env(url), self.workdir, "service-scale") as service:
+                for size in sizes:
+                    started = time.monotonic()
+                    seed(url, self.key, size - seeded, token_chars=args.scale_token_chars, users=10_000,
+                         tag=f"s{size}")
+                    log(f"seeded {size - seeded} records (store: {size}) in {time.monotonic() - started:.1f} s,"
+                        f" redis used_memory {client.info('memory')['used_memory_human']}")
+                    seeded = size
+                    for name, target in probes.items():
+                        client.config_resetstat()
+                        run = self.drive(service, target, args.scale_duration, connections=args.scale_connections,
+                                         ids=size)
+                        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+                        run["redis_us_per_call"] = round(float(stats.get("usec_per_call", 0.0)), 1)
+                        rows[name][str(size)] = run
+                        log(f"  {size:>9} {name:14} p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:6.2f} ms"
+                            f"  {run['rps']:7.0f} req/s  redis {run['redis_us_per_call']:6.1f} us/call")
+            client.close()
+        first, last = str(sizes[0]), str(sizes[-1])
+        ratios = {name: round(sizes_[last]["p50_ms"] / max(sizes_[first]["p50_ms"], 1e-6), 3)
+                  for name, sizes_ in rows.items()}
+        return {"scale": {"sizes": sizes, "rows": rows, "p50_ratio_last_first": ratios}}
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def memory(self) -> dict:
+        args = self.args
+        count = args.memory_records
+        options = tuple(part for option in args.redis_option
+                        for part in ("--" + option.split()[0], *option.split()[1:]))
+        with redis_server(self.workdir, options) as url:
+            client = redis.Redis.from_url(url)
+            client.ping()
+            before = client.info("memory")["used_memory"]
+            seed(url, self.key, count, token_chars=800, users=max(1, count // 4), tag="m")
+            after = client.info("memory")["used_memory"]
+            root = "{" + SERVICE_PREFIX + "}"
+            gen = (client.get(root + ":gen") or b"0").decode()
+
+            def usage(key: str) -> int:
+                return int(client.memory_usage(key, samples=0) or 0)
+
+            sample = random.Random(1).sample(range(1, count + 1), min(count, 1000))
+            record_bytes = statistics.fmean(usage(f"{root}:r:{number}") for number in sample) * count
+            encoding = client.object("encoding", f"{root}:r:{sample[0]}").decode()
+            user_bytes = sum(usage(key.decode()) for key in client.scan_iter(match=f"{root}:u:{gen}:*", count=1000))
+            structures = {
+                "records (hashes)": record_bytes,
+                "all index (zset)": usage(f"{root}:all:{gen}"),
+                "exp index (zset)": usage(f"{root}:exp:{gen}"),
+                "user indexes (zsets)": user_bytes,
+            }
+            client.close()
+        total = after - before
+        result = {
+            "redis_options": args.redis_option,
+            "records": count,
+            "users": max(1, count // 4),
+            "token_chars": 800,
+            "used_memory_delta": total,
+            "bytes_per_record": round(total / count, 1),
+            "record_encoding": encoding,
+            "structures_bytes_per_record": {name: round(value / count, 1) for name, value in structures.items()},
+        }
+        log(json.dumps(result, indent=2))
+        return {"memory": result}
+
+    # -- expiry burst ------------------------------------------------------------------------
+
+    def burst(self) -> dict:
+        """`burst_records` records expiring in the same second (retention 0, so Redis deletes
+        them then): p99 of list and POST (concurrently) before and after, then the index
+        checked exact once the traffic has pruned it."""
+        args = self.args
+        window = args.burst_seconds
+        result: dict = {"records": args.burst_records, "window_seconds": window,
+                        "first_seconds": min(window, args.burst_first), "normal_seconds": args.burst_normal}
+        with redis_server(self.workdir) as url:
+            client = redis.Redis.from_url(url)
+            env = self.service_env(url, SESSIONSVC_RETENTION_SECONDS="0")
+            with gunicorn("wsgi:app", env, self.workdir, "service-burst") as service:
+                seed(url, self.key, args.seed, retention_seconds=0, token_chars=args.token_chars)
+                started = time.time()
+                # Seeded after the long-lived ones: the dying records are the most recent saves.
+                dies_at = int(started) + args.burst_lead
+                seed(url, self.key, args.burst_records, retention_seconds=0, token_chars=200, expires_at=dies_at,
+                     tag="burst")
+                if time.time() > dies_at - args.burst_normal - 1:
+                    raise RuntimeError("seeding the burst took longer than --burst-lead allows; raise it")
+                log(f"seeded {args.burst_records} records dying at {iso(dies_at)} in {time.time() - started:.1f} s")
+                result["normal"] = self.list_and_post(service, args.burst_normal)
+                time.sleep(max(0.0, dies_at - time.time() + 0.2))
+                log("burst: the records are dead now")
+                first = min(window, args.burst_first)
+                result["first"] = self.list_and_post(service, first)  # while the index is pruned
+                result["burst"] = self.list_and_post(service, max(first, window - first))
+            result["ratio_p99"] = {  # the worse of the two windows after the burst
+                name: round(max(result[part][name]["p99_ms"] for part in ("first", "burst"))
+                            / max(result["normal"][name]["p99_ms"], 1e-6), 2)
+                for name in ("list", "post")
+            }
+            result["index"] = index_check(client)
+            client.close()
+        log(json.dumps(result, indent=2))
+        return {"burst": result}
+
+    def list_and_post(self, service: Server, duration: float) -> dict[str, dict]:
+        half = max(1, self.args.connections // 2)
+        results: dict[str, dict] = {}
+
+        def run(mode: str) -> None:
+            results[mode] = self.drive(service, mode, duration, connections=half)
+
+        threads = [threading.Thread(target=run, args=(mode,)) for mode in ("list", "post")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+
+def index_check(client: redis.Redis, root: str = "{" + SERVICE_PREFIX + "}") -> dict:
+    """Every index entry of the current generation points at a live record, and every
+    live record is in all three indexes: the index is exact."""
+    gen = (client.get(root + ":gen") or b"0").decode()
+    now_ms = int(client.time()[0]) * 1000
+    dead_entries = client.zcount(f"{root}:exp:{gen}", "-inf", now_ms)
+    records = {}
+    for key in client.scan_iter(match=f"{root}:r:*", count=5000):
+        fields = client.hmget(key, "u", "g")
+        if fields[0] is not None and fields[1].decode() == gen:
+            records[key.decode().rsplit(":", 1)[1]] = fields[0].decode()
+    listed = {member.decode() for member in client.zrange(f"{root}:all:{gen}", 0, -1)}
+    expiring = {member.decode() for member in client.zrange(f"{root}:exp:{gen}", 0, -1)}
+    user_entries = sum(client.zcard(key) for key in client.scan_iter(match=f"{root}:u:{gen}:*", count=5000))
+    exact = (
+        listed == set(records)
+        and expiring == {f"{number}:{user}" for number, user in records.items()}
+        and user_entries == len(records)
+    )
+    return {"live_records": len(records), "all_index": len(listed), "exp_index": len(expiring),
+            "user_index_entries": user_entries, "dead_entries_left": dead_entries, "exact": exact}
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def load_description(args: argparse.Namespace, run: str) -> str:
+    threads = f", {args.threads} threads" if args.driver == "wrk" else ""
+    if run == "scale":
+        return f"{args.driver}, {args.scale_connections} connections{threads}, {args.scale_duration:g} s per probe"
+    if run == "burst":
+        return f"{args.driver}, {max(1, args.connections // 2)} connections each for list and POST{threads}"
+    return (f"{args.driver}, {args.connections} connections{threads}, "
+            f"{args.rounds}×{args.duration:g} s per side after {args.warmup:g} s warm-up")
+
+
+def format_row(label: str, result: dict) -> str:
+    service, baseline = result["service"], result["baseline"]
+    return (
+        f"{label:28} service {service['rps']:7.0f} req/s p50 {service['p50_ms']:6.2f} p99 {service['p99_ms']:6.2f} ms"
+        f" | baseline {baseline['rps']:7.0f} req/s p50 {baseline['p50_ms']:6.2f} p99 {baseline['p99_ms']:6.2f} ms"
+        f" | ratio {result['ratio']:.2f} (>= {result['target']:.2f}) p99 x{result['p99_ratio']:.2f}"
+        f" {'ok' if result['met'] else 'MISSED'} | cpu/req {service['cpu_us_per_request']:.0f}"
+        f" vs {baseline['cpu_us_per_request']:.0f} us (ratio {result['cpu_ratio']:.2f})"
+    )
+
+
+def markdown_main(report: dict) -> str:
+    lines = [
+        f"Run {report['date']} on {report['cores']} cores ({report['machine']}), command: `{report['command']}`",
+        f"(load: {report['load']}).",
+        "",
+        "| endpoint | service req/s | p50 ms | p99 ms | baseline req/s | p50 ms | p99 ms | ratio (target) | p99 × "
+        "| CPU µs/req service / baseline (ratio) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, result in report["endpoints"].items():
+        service, baseline = result["service"], result["baseline"]
+        mark = "" if result["met"] else " **missed**"
+        lines.append(
+            f"| {ENDPOINTS[mode][0]} | {service['rps']:.0f} | {service['p50_ms']:.2f} | {service['p99_ms']:.2f} "
+            f"| {baseline['rps']:.0f} | {baseline['p50_ms']:.2f} | {baseline['p99_ms']:.2f} "
+            f"| {result['ratio']:.2f} (≥ {result['target']:.2f}){mark} | {result['p99_ratio']:.2f} "
+            f"| {service['cpu_us_per_request']:.0f} / {baseline['cpu_us_per_request']:.0f} "
+            f"({result['cpu_ratio']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_sweep(report: dict) -> str:
+    lines = [
+        f"Run {report['date']} on {report['cores']} cores, command: `{report['command']}` (load: {report['load']}).",
+        "",
+        "| workers | service req/s | p50 ms | p99 ms | baseline req/s | p99 ms | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["sweep"]:
+        service, baseline = row["service"], row["baseline"]
+        lines.append(f"| {row['config']} | {service['rps']:.0f} | {service['p50_ms']:.2f} | {service['p99_ms']:.2f} "
+                     f"| {baseline['rps']:.0f} | {baseline['p99_ms']:.2f} | {row['ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def markdown_scale(report: dict) -> str:
+    scale = report["scale"]
+    sizes = [str(size) for size in scale["sizes"]]
+    header = " | ".join(f"{int(size):,} p50 / p99 ms (redis µs)" for size in sizes)
+    lines = [
+        f"Run {report['date']} on {report['cores']} cores, command: `{report['command']}` (load: {report['load']}).",
+        "",
+        f"| probe | {header} | p50 {int(sizes[-1]):,} / {int(sizes[0]):,} |",
+        "|---|" + "---:|" * (len(sizes) + 1),
+    ]
+    for name, by_size in scale["rows"].items():
+        cells = " | ".join(
+            f"{by_size[size]['p50_ms']:.2f} / {by_size[size]['p99_ms']:.2f} ({by_size[size]['redis_us_per_call']:.0f})"
+            for size in sizes)
+        lines.append(f"| {name} | {cells} | {scale['p50_ratio_last_first'][name]:.2f} |")
+    return "\n".join(lines)
+
+
+def markdown_memory(report: dict) -> str:
+    memory = report["memory"]
+    lines = [
+        f"Run {report['date']}, command: `{report['command']}`: {memory['records']:,} records of "
+        f"{memory['token_chars']}-character JWTs over {memory['users']:,} users; record hashes are "
+        f"`{memory['record_encoding']}`-encoded.",
+        "",
+        f"**{memory['bytes_per_record']:.0f} bytes per record** (`used_memory` delta "
+        f"{memory['used_memory_delta']:,} bytes).",
+        "",
+        "| structure | bytes per record (MEMORY USAGE) |",
+        "|---|---:|",
+    ]
+    for name, value in memory["structures_bytes_per_record"].items():
+        lines.append(f"| {name} | {value:.0f} |")
+    return "\n".join(lines)
+
+
+def markdown_burst(report: dict) -> str:
+    burst = report["burst"]
+    index = burst["index"]
+    lines = [
+        f"Run {report['date']} on {report['cores']} cores, command: `{report['command']}`: "
+        f"{burst['records']:,} records dying in the same second, list and POST driven together for "
+        f"{burst['window_seconds']:g} s right after (the first {burst['first_seconds']:g} s reported apart), "
+        f"and for {burst['normal_seconds']:g} s before under the same load.",
+        "",
+        "| | before p50 / p99 ms | first seconds after p50 / p99 ms | rest of the window p50 / p99 ms "
+        "| worse p99 × before |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("list", "post"):
+        normal, first, after = burst["normal"][name], burst["first"][name], burst["burst"][name]
+        lines.append(f"| {name} | {normal['p50_ms']:.2f} / {normal['p99_ms']:.2f} | "
+                     f"{first['p50_ms']:.2f} / {first['p99_ms']:.2f} | "
+                     f"{after['p50_ms']:.2f} / {after['p99_ms']:.2f} | {burst['ratio_p99'][name]:.2f} |")
+    lines += [
+        "",
+        f"Index afterwards: {index['live_records']:,} live records, all-index {index['all_index']:,}, "
+        f"exp-index {index['exp_index']:,}, user-index entries {index['user_index_entries']:,}, "
+        f"dead entries left {index['dead_entries_left']}: **{'exact' if index['exact'] else 'NOT exact'}**.",
+    ]
+    return "\n".join(lines)
+
+
+MARKDOWN = {"main": markdown_main, "sweep": markdown_sweep, "scale": markdown_scale, "memory": markdown_memory,
+            "burst": markdown_burst}
+
+
+def update_docs(path: Path, section: str, text: str) -> None:
+    """Replace what stands between `<!-- bench:SECTION -->` and `<!-- /bench:SECTION -->`."""
+    content = path.read_text()
+    pattern = re.compile(rf"(<!-- bench:{section} -->\n).*?(<!-- /bench:{section} -->)", re.S)
+    if not pattern.search(content):
+        raise RuntimeError(f"{path} has no bench:{section} markers")
+    path.write_text(pattern.sub(lambda match: match.group(1) + text + "\n" + match.group(2), content))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", action="store_true", help="compare gunicorn worker classes and counts")
+    parser.add_argument("--scale", action="store_true", help="growth run: 1k, 100k, 1M records")
+    parser.add_argument("--memory", action="store_true", help="Redis bytes per record")
+    parser.add_argument("--burst", action="store_true", help="expiry burst")
+    parser.add_argument("--driver", choices=("wrk", "python"), default="wrk")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per side per round")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternations service/baseline per endpoint (each on new connections)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unrecorded load per side first")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated subset of the table")
+    parser.add_argument("--seed", type=int, default=10_000, help="records seeded per side")
+    parser.add_argument("--token-chars", type=int, default=800)
+    parser.add_argument("--sweep-configs", default=SWEEP, help="worker_class:workers:threads,...")
+    parser.add_argument("--scale-sizes", default="1000,100000,1000000")
+    parser.add_argument("--scale-duration", type=float, default=3.0)
+    parser.add_argument("--scale-connections", type=int, default=2)
+    parser.add_argument("--scale-token-chars", type=int, default=40)
+    parser.add_argument("--memory-records", type=int, default=100_000)
+    parser.add_argument("--redis-option", action="append", default=[],
+                        help="memory run: a redis-server setting, e.g. 'hash-max-listpack-value 1024'")
+    parser.add_argument("--burst-records", type=int, default=100_000)
+    parser.add_argument("--burst-seconds", type=float, default=60.0, help="measured window after the burst")
+    parser.add_argument("--burst-first", type=float, default=5.0, help="first part of the window, reported apart")
+    parser.add_argument("--burst-normal", type=float, default=10.0, help="measured window before the burst")
+    parser.add_argument("--burst-lead", type=int, default=40, help="seconds from seeding to the burst")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--docs", type=Path, default=DOCS)
+    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    # A terminated run still stops its redis-server and gunicorns (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    if args.driver == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk), or use --driver python")
+    runs = [name for name in ("sweep", "scale", "memory", "burst") if getattr(args, name)] or ["main"]
+    command = "python bench/run.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
+        sys.argv[1:] if argv is None else argv))
+    args.results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sessionsvc-bench-") as workdir:
+        bench = Bench(args, Path(workdir))
+        for name in runs:
+            started = time.monotonic()
+            report = {
+                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "cores": os.cpu_count(),
+                "machine": platform.machine() + " " + platform.processor(),
+                "command": command,
+                "load": load_description(args, name),
+                "load_average_before": os.getloadavg(),
+            }
+            report.update(getattr(bench, "main_table" if name == "main" else name)())
+            report["seconds"] = round(time.monotonic() - started, 1)
+            out = args.results / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            out.write_text(json.dumps(report, indent=2) + "\n")
+            log(f"{name}: {report['seconds']} s; results in {out}")
+            if not args.no_docs:
+                update_docs(args.docs, name, MARKDOWN[name](report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

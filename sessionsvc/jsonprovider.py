@@ -1,0 +1,26 @@
+"""Flask's JSON provider on orjson: encoding a response costs a tenth of the standard
+library's (measured in docs/benchmarks.md). Keys keep their insertion order, which is
+the contract's field order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Response
+from flask.json.provider import JSONProvider
+
+
+class OrjsonProvider(JSONProvider):
+    mimetype = "application/json"
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        # `flask openapi write` asks for an indented document, to be read in review.
+        return orjson.dumps(obj, option=orjson.OPT_INDENT_2 if kwargs.get("indent") else None).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)

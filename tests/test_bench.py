@@ -1,0 +1,60 @@
+"""The benchmark script itself, run for a moment against tiny stores so that it does not
+rot. Nothing here checks a number: benchmarks are noisy and are not tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NO_REDIS_REASON, REDIS_SERVER
+
+ROOT = Path(__file__).resolve().parent.parent
+ENDPOINTS = {"get_id", "current", "validity", "list", "post", "put"}
+
+
+def run_bench(tmp_path: Path, *options: str) -> dict[str, dict]:
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    docs = tmp_path / "benchmarks.md"
+    shutil.copy(ROOT / "docs" / "benchmarks.md", docs)
+    command = [sys.executable, "bench/run.py", "--driver", "python", "--warmup", "0", "--rounds", "1",
+               "--connections", "2", "--seed", "30", "--results", str(tmp_path), "--docs", str(docs), *options]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    reports = {path.name.split("-")[0]: json.loads(path.read_text()) for path in tmp_path.glob("*.json")}
+    reports["docs"] = {"text": docs.read_text()}
+    return reports
+
+
+def test_bench_table_runs_service_and_baseline_on_every_endpoint(tmp_path):
+    reports = run_bench(tmp_path, "--duration", "0.3")
+    endpoints = reports["main"]["endpoints"]
+    assert set(endpoints) == ENDPOINTS
+    for result in endpoints.values():
+        for side in ("service", "baseline"):
+            assert result[side]["requests"] > 0 and result[side]["errors"] == 0, result
+    assert "| GET /current |" in reports["docs"]["text"]
+
+
+def test_bench_sweep_scale_memory_and_burst_runs_complete(tmp_path):
+    reports = run_bench(
+        tmp_path, "--sweep", "--sweep-configs", "gevent:1:1", "--duration", "0.3",
+        "--scale", "--scale-sizes", "20,60", "--scale-duration", "0.3",
+        "--memory", "--memory-records", "200",
+        "--burst", "--burst-records", "300", "--burst-seconds", "1", "--burst-first", "0.5",
+        "--burst-normal", "0.5", "--burst-lead", "5",
+    )
+    assert reports["sweep"]["sweep"][0]["service"]["errors"] == 0
+    assert set(reports["scale"]["scale"]["p50_ratio_last_first"]) == {
+        "list page 1", "list page 500", "current", "validity", "post"}
+    assert reports["memory"]["memory"]["bytes_per_record"] > 0
+    burst = reports["burst"]["burst"]
+    assert burst["index"]["exact"], burst["index"]
+    assert burst["burst"]["post"]["errors"] == 0 and burst["burst"]["list"]["errors"] == 0
+    text = reports["docs"]["text"]
+    assert "**exact**" in text and "bytes per record" in text and "gevent-w1" in text

@@ -1,0 +1,64 @@
+"""What the hot paths skip must not change what they answer: the owner cache in front of
+PUT, the per-process cache of parsed query strings, and bulk loading."""
+
+from __future__ import annotations
+
+from conftest import API, future
+from sessionsvc.store import TokenStore
+
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
+
+
+def evalsha_calls(raw) -> int:
+    return int(raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_refresh_of_a_record_this_process_has_seen_is_one_script_call(real_app, real_redis):
+    client = real_app.test_client()
+    record_id = client.post(API, json={"user_id": "u1", "token": JWT, "expires_at": future()}).json["id"]
+    client.put(f"{API}/{record_id}", json={"token": JWT, "expires_at": future()})  # loads the script into Redis
+    real_redis.config_resetstat()
+    response = client.put(f"{API}/{record_id}", json={"token": JWT + "2", "expires_at": future(7200)})
+    assert response.status_code == 200
+    assert evalsha_calls(real_redis) == 1
+
+
+def test_refresh_through_another_process_looks_the_owner_up_and_binds_to_it(make_app):
+    writer, refresher = make_app().test_client(), make_app().test_client()
+    record_id = writer.post(API, json={"user_id": "u1", "token": JWT, "expires_at": future()}).json["id"]
+    response = refresher.put(f"{API}/{record_id}", json={"token": JWT + "2", "expires_at": future(7200)})
+    assert response.status_code == 200 and response.json["user_id"] == "u1"
+    assert writer.get(f"{API}/{record_id}").json["token"] == JWT + "2"
+    assert refresher.put(f"{API}/store_999", json={"token": JWT, "expires_at": future()}).status_code == 404
+
+
+def test_refresh_after_delete_is_404_even_with_the_owner_cached(client, save):
+    record_id = save()["id"]
+    assert client.delete(f"{API}/{record_id}").status_code == 200
+    assert client.put(f"{API}/{record_id}", json={"token": JWT, "expires_at": future()}).status_code == 404
+
+
+def test_a_bad_query_is_refused_every_time_and_a_good_one_answers_fresh_data(client, save):
+    for _ in range(2):
+        response = client.get(API, query_string={"limit": "0"})
+        assert response.status_code == 422 and "limit" in response.json["errors"]["query"]
+    save(user_id="a")
+    assert client.get(API, query_string={"limit": "5"}).json["pagination"]["total"] == 1
+    save(user_id="b")
+    assert client.get(API, query_string={"limit": "5"}).json["pagination"]["total"] == 2
+
+
+def test_bulk_loaded_records_read_back_like_saved_ones(client, vault):
+    numbers = vault.save_many([(f"user{index}", f"{JWT}.{index}", 4_000_000_000) for index in range(5)])
+    assert list(numbers) == [1, 2, 3, 4, 5]
+    assert client.get(f"{API}/store_003").json["token"] == f"{JWT}.2"
+    listed = client.get(API).json
+    assert listed["pagination"]["total"] == 5 and [item["id"] for item in listed["data"]][0] == "store_005"
+
+
+def test_owner_cache_is_bounded(vault, monkeypatch):
+    monkeypatch.setattr("sessionsvc.store.OWNER_CACHE_SIZE", 3)
+    store: TokenStore = vault.store
+    for number in range(1, 10):
+        store._remember_owner(number, "u")
+    assert list(store._owners) == [7, 8, 9]
