@@ -74,7 +74,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
             "Tokens live in this one process and vanish when it stops. "
             "Set SESSIONSVC_REDIS_URL for anything but a local trial."
         )
-    store = TokenStore(client, config.key_prefix, config.retention_seconds)
+    store = TokenStore(client, config.key_prefix, config.retention_seconds, config.idempotency_seconds)
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
 
     api = ServiceApi(app)

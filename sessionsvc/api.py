@@ -10,6 +10,8 @@ from .schemas import (
     Cleared,
     CurrentToken,
     Deleted,
+    IdempotencyHeader,
+    IfMatchHeader,
     PageQuery,
     TokenCreate,
     TokenCreated,
@@ -20,6 +22,7 @@ from .schemas import (
     UserQuery,
     Validity,
 )
+from .store import Record
 from .vault import TokenVault
 
 PREFIX = "/api/v1/session-storage"
@@ -33,8 +36,25 @@ blp = Blueprint(
 )
 
 
+ETAG_HEADER = {"description": "The record's version, for `If-Match` on a later PUT.", "schema": {"type": "string"}}
+LOCATION_HEADER = {"description": "The new record's URL.", "schema": {"type": "string"}}
+REPLAYED_HEADER = {
+    "description": "`true` when this answers a repeated `Idempotency-Key` (nothing was created).",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+# OpenAPI links: what a client (or a stateful fuzzer) can do with a created record.
+CREATED_LINKS = {
+    name: {"operationId": operation, "parameters": {"record_id": "$response.body#/id"}}
+    for name, operation in (("GetToken", "getToken"), ("RefreshToken", "refreshToken"), ("DeleteToken", "deleteToken"))
+}
+
+
 def vault() -> TokenVault:
     return current_app.extensions["sessionsvc"]
+
+
+def etag(record: Record) -> str:
+    return f'"{record.version}"'
 
 
 @blp.before_request
@@ -53,11 +73,22 @@ class TokenCollection(MethodView):
         return {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
 
     @blp.arguments(TokenCreate)
-    @blp.response(201, TokenCreated)
-    def post(self, body: dict):
-        """Store a token for a user."""
-        record = vault().save(body["user_id"], body["token"], body["expires_at"])
-        return record, 201, {"Location": url_for(".TokenItem", record_id=record.id)}
+    @blp.arguments(IdempotencyHeader, location="headers", as_kwargs=True)
+    @blp.response(
+        201,
+        TokenCreated,
+        headers={"Location": LOCATION_HEADER, "ETag": ETAG_HEADER, "Idempotent-Replayed": REPLAYED_HEADER},
+    )
+    @blp.doc(operationId="createToken", responses={201: {"links": CREATED_LINKS}})
+    def post(self, body: dict, idempotency_key: str | None = None):
+        """Store a token for a user (safe to retry with an `Idempotency-Key`)."""
+        record = vault().save(
+            body["user_id"], body["token"], body["expires_at"], idempotency_key, g.get("client_key_id", "")
+        )
+        headers = {"Location": url_for(".TokenItem", record_id=record.id), "ETag": etag(record)}
+        if record.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return record, 201, headers
 
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
     @blp.response(200, Cleared)
@@ -95,7 +126,8 @@ class ValidityView(MethodView):
 
 @blp.route("/<record_id>")
 class TokenItem(MethodView):
-    @blp.response(200, TokenDetail)
+    @blp.response(200, TokenDetail, headers={"ETag": ETAG_HEADER})
+    @blp.doc(operationId="getToken")
     def get(self, record_id: str):
         """One stored token, in full."""
         g.record_id = record_id
@@ -108,16 +140,20 @@ class TokenItem(MethodView):
             "expires_at": record.expires_at,
             "is_valid": record.is_valid,
             "saved_at": record.saved_at,
-        }, 200, {"ETag": f'"{record.version}"'}
+        }, 200, {"ETag": etag(record)}
 
     @blp.arguments(TokenRefresh)
-    @blp.response(200, TokenSummary)
-    def put(self, body: dict, record_id: str):
-        """Replace a record's token and expiry (refresh)."""
-        record = vault().refresh(record_id, body["token"], body["expires_at"])
-        return record, 200, {"ETag": f'"{record.version}"'}
+    @blp.arguments(IfMatchHeader, location="headers", as_kwargs=True)
+    @blp.response(200, TokenSummary, headers={"ETag": ETAG_HEADER})
+    @blp.alt_response(412, response="PRECONDITION_FAILED")
+    @blp.doc(operationId="refreshToken")
+    def put(self, body: dict, record_id: str, if_match: tuple[int, ...] | None = None):
+        """Replace a record's token and expiry (refresh); `If-Match` guards against lost updates."""
+        record = vault().refresh(record_id, body["token"], body["expires_at"], if_match)
+        return record, 200, {"ETag": etag(record)}
 
     @blp.response(200, Deleted)
+    @blp.doc(operationId="deleteToken")
     def delete(self, record_id: str):
         """Delete one stored token."""
         vault().delete(record_id)

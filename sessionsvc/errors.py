@@ -14,7 +14,13 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from .crypto import DecryptionError
-from .store import NotFound, PreconditionFailed, StoreUnavailable
+from .store import (
+    AlreadyExpired,
+    IdempotencyConflict,
+    NotFound,
+    PreconditionFailed,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("sessionsvc")
 
@@ -64,7 +70,21 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PreconditionFailed)
     def precondition_failed(error: PreconditionFailed):
-        return error_body(412, "The record has changed since that ETag; fetch it again."), 412
+        return (
+            error_body(412, "The record has changed since that ETag; fetch it again."),
+            412,
+            {"ETag": f'"{error.current_version}"'},
+        )
+
+    @app.errorhandler(IdempotencyConflict)
+    def idempotency_conflict(error: IdempotencyConflict):
+        message = "This Idempotency-Key was already used for a different request."
+        errors = {"headers": {"Idempotency-Key": ["Already used with another body; use a new key."]}}
+        return error_body(422, message, errors), 422
+
+    @app.errorhandler(AlreadyExpired)
+    def already_expired(error: AlreadyExpired):
+        return error_body(422, MESSAGES[422], {"json": {"expires_at": ["Must be in the future."]}}), 422
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(error: StoreUnavailable):

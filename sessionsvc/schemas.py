@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+from werkzeug.http import parse_etags
 
 VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
 VISIBLE_ASCII_MESSAGE = "Must be printable ASCII without spaces or control characters."
@@ -106,6 +107,58 @@ class TokenRefresh(_ExpiryRules, Schema):
             errors["user_id"] = ["user_id cannot be changed; create a new record instead."]
         if errors:
             raise ValidationError(errors)
+
+
+class IdempotencyHeader(Schema):
+    """Makes a POST safe to retry."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=[validate.Length(min=1, max=255), validate.Regexp(VISIBLE_ASCII, error=VISIBLE_ASCII_MESSAGE)],
+        metadata={
+            "description": "A unique value per intended creation (a UUID, say), 1-255 printable ASCII "
+            "characters. Repeating the POST with the same key and body within the idempotency window "
+            "answers the original 201 again (with `Idempotent-Replayed: true`) and creates nothing; the "
+            "same key with a different body is a 422.",
+            "example": "4f9b6c1e-8d2a-4c1e-9f1b-2a7d3c5e6f70",
+        },
+    )
+
+
+class EntityTags(fields.Field):
+    """An ``If-Match`` value, held as the versions it names: None for ``*`` (any).
+
+    Weak or non-numeric tags name no version (strong comparison), so they never match.
+    """
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[int, ...] | None:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        tags = parse_etags(value)
+        if tags.star_tag:
+            return None
+        return tuple(sorted(int(tag) for tag in tags.as_set() if tag.isascii() and tag.isdigit() and len(tag) <= 18))
+
+
+class IfMatchHeader(Schema):
+    """Makes a PUT conditional on the version last read."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    if_match = EntityTags(
+        data_key="If-Match",
+        metadata={
+            "type": "string",
+            "description": "The `ETag` of the version the change is based on (from GET, POST or PUT). "
+            "When the record has been saved since, the PUT is refused 412 and changes nothing. "
+            "Optional: without it the PUT applies to whatever version is held.",
+            "example": '"42"',
+        },
+    )
 
 
 class UserQuery(Schema):

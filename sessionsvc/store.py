@@ -24,6 +24,12 @@ key                             type     content
 ``{P}:exp:G``                   zset     member ``n:<user>``, score the record's death
                                          (ms, = its PEXPIREAT): finds index entries of
                                          records Redis has expired
+``{P}:idem:<k>``                hash     one idempotent POST; ``k`` = SHA-256 hex of the
+                                         client's scope and ``Idempotency-Key``. ``f`` keyed
+                                         digest of the request (never the token itself),
+                                         ``at`` Redis time of the create (ms), and the
+                                         created record's ``n u p e s c o`` as answered.
+                                         PEXPIRE = the idempotency window.
 ==============================  =======  ==================================================
 
 Every record is in exactly the three indexes of its generation, and every change to a
@@ -40,9 +46,16 @@ Commands per operation (each is one EVALSHA, i.e. one round-trip)
 -----------------------------------------------------------------
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
-- create: GET gen, TIME, INCR saves, HSET + PEXPIREAT record, ZADD x3, prune.
-- refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), INCR saves,
-  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune.
+- create: GET gen, TIME, [HMGET idem: held -> answer the stored snapshot, or refuse a
+  different digest], INCR saves, HSET + PEXPIREAT record, ZADD x3, [HSET + PEXPIRE idem],
+  prune. The check and the record happen in one script, so two processes racing with one
+  key create one record.
+- refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), ZSCORE exp
+  (not dead by the script's clock, to the millisecond), INCR saves,
+  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The existence check and the
+  writes are one script, and Redis treats a key whose TTL passed before the script started
+  as gone, so a refresh can neither revive a record past retention nor leave a hash
+  without a TTL.
 - get: GET gen, TIME, HMGET [+ HINCRBY/HSET reveal counters when revealing].
 - current / validity: GET gen, TIME, prune, ZREVRANGE of the (user) index from the top
   until a live record, HMGET.
@@ -53,31 +66,52 @@ Commands per operation (each is one EVALSHA, i.e. one round-trip)
   invisible at once; ``reclaim`` frees its keys afterwards in bounded batches
   (ZRANGE exp + UNLINK/ZREM per entry), also a little at every save.
 - clear (one user): ZRANGE the user's index, UNLINK + ZREM x2 per record, DEL the index.
+
+Failures and retries
+--------------------
+The client has short connect/socket timeouts, keepalive, a health check on idle
+connections, a bounded pool that raises at once when exhausted, and no retries of its
+own (see ``connect``). Every Redis failure that says "not now" (refused or reset
+connection, timeout, LOADING, READONLY after a failover, exhausted pool, BUSY script,
+MASTERDOWN, TRYAGAIN, CLUSTERDOWN) becomes ``StoreUnavailable(kind)``; the API answers
+it with 503 and ``Retry-After``. Only operations that are safe to repeat are retried,
+and only on a failed or reset connection (which fails fast; a timeout is never
+retried, so no call waits for two of them): reads, id reservation (a lost block of ids
+only skips numbers), and a create that carries an idempotency key (a repeat answers the
+first one's record). Retries wait with jittered exponential backoff (``READ_RETRIES``,
+``BACKOFF``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
-    ConnectionError as RedisConnectionError,
+    MaxConnectionsError,
     ReadOnlyError,
     RedisError,
     ResponseError,
-    TimeoutError as RedisTimeoutError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 PRUNE_BATCH = 256
 RECLAIM_BATCH = 1000
 ID_BLOCK = 16
 RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
+READ_RETRIES = 2
+HEALTH_CHECK_SECONDS = 30
+# Full jitter: the n-th retry waits a random 0..min(cap, base * 2**n) seconds.
+BACKOFF = ExponentialWithJitterBackoff(base=0.025, cap=0.25)
 
 
 class NotFound(Exception):
@@ -90,6 +124,14 @@ class PreconditionFailed(Exception):
     def __init__(self, current_version: int):
         super().__init__("record has changed")
         self.current_version = current_version
+
+
+class AlreadyExpired(Exception):
+    """The record would be dead (expires_at + retention) by Redis's clock before it is stored."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was already used, within its window, for a different request."""
 
 
 class StoreUnavailable(Exception):
@@ -113,6 +155,7 @@ class Record:
     reveal_count: int = 0
     last_revealed_at: int | None = None
     sealed_token: bytes | None = None
+    replayed: bool = False  # a snapshot answered again for a repeated idempotent create
 
     @property
     def id(self) -> str:
@@ -121,6 +164,15 @@ class Record:
     @property
     def is_valid(self) -> bool:
         return self.seconds_remaining > 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """What makes a create idempotent: the client's key (already scoped to the client)
+    and keyed digests of the request, one per encryption key, the first one stored."""
+
+    key: str
+    digests: tuple[str, ...]
 
 
 def format_id(number: int) -> str:
@@ -227,29 +279,57 @@ local function dead_count()
 end
 """
 
-# ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch
-# -> {now, record}
+# ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
+#       idempotency key hash ('' = none), request digests (space-separated, the first is
+#       stored), idempotency window (ms)
+# -> {1, now, record} created | {2, then, record} replayed | {-1} key used for another
+#    request | {-2} already dead by Redis's clock
 _CREATE = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
+local idem_key = nil
+if ARGV[9] ~= '' then
+  idem_key = root .. ':idem:' .. ARGV[9]
+  local held = redis.call('HMGET', idem_key, 'f', 'at', 'n', 'u', 'p', 'e', 's', 'c', 'o')
+  if held[1] then
+    if not string.find(' ' .. ARGV[10] .. ' ', ' ' .. held[1] .. ' ', 1, true) then return {-1} end
+    return {2, tonumber(held[2]), {held[3], held[4], held[5], held[6], held[7], held[8], held[9], false, false}}
+  end
+end
 local death = expires * 1000 + tonumber(ARGV[7])
+if death <= now then return {-2} end
 if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply('record number in use') end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
+local record = load(n, false)
+if idem_key then
+  local digest = string.match(ARGV[10], '^%S+')
+  redis.call('HSET', idem_key, 'f', digest, 'at', ms(now), 'n', n, 'u', user, 'p', ARGV[5], 'e', ARGV[6],
+             's', record[5], 'c', record[6], 'o', save_number)
+  redis.call('PEXPIRE', idem_key, ARGV[11])
+end
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {now, load(n, false)}
+return {1, now, record}
 """
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
-#       expected version ('' = any)
+#       expected versions ('*' = any, else space-separated; none listed never matches)
 # -> {1, now, record} | {0} not found | {-1, version} precondition failed
+#    | {-2} already dead by Redis's clock
 _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
 local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
 if not held[1] or held[2] ~= gen or held[1] ~= user then return {0} end
-if ARGV[9] ~= '' and held[3] ~= ARGV[9] then return {-1, tonumber(held[3])} end
+-- Redis expires a key only once its time is strictly past (and by the script's start
+-- time); by this store's clock a record is dead from its death on: never revive it.
+local held_death = redis.call('ZSCORE', exp_key, n .. ':' .. user)
+if not held_death or tonumber(held_death) <= now then return {0} end
+if ARGV[9] ~= '*' and not string.find(' ' .. ARGV[9] .. ' ', ' ' .. held[3] .. ' ', 1, true) then
+  return {-1, tonumber(held[3])}
+end
 local death = expires * 1000 + tonumber(ARGV[7])
+if death <= now then return {-2} end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 prune(tonumber(ARGV[8]))
@@ -424,8 +504,10 @@ _SCRIPTS = {
     "reseal": _RESEAL,
 }
 
+# Most specific first: BusyLoadingError and MaxConnectionsError are ConnectionErrors too.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
+    (MaxConnectionsError, "pool_exhausted"),
     (ReadOnlyError, "read_only"),
     (RedisTimeoutError, "timeout"),
     (RedisConnectionError, "connection"),
@@ -454,18 +536,22 @@ def connect(
 ) -> Any:
     """A Redis client for the configured topology, or an in-process fakeredis when none is.
 
-    Timeouts are short and explicit so a dead Redis gives a quick 503 instead of a hung
-    worker; the pool is bounded and fails fast when exhausted; commands are not retried
-    by the client (a retried script could apply twice): the store retries reads itself.
+    Timeouts are short and explicit (and well below gunicorn's worker timeout) so a dead
+    or stalled Redis gives a quick 503 instead of a hung worker; TCP keepalive and a PING
+    on connections idle for ``health_check_interval`` seconds find dead peers before a
+    request does. The pool is bounded and raises ``MaxConnectionsError`` at once when
+    exhausted (a blocking pool would queue requests behind a slow Redis). The client
+    retries nothing (a repeated script could apply twice): ``TokenStore`` retries what is
+    safe to repeat.
     """
-    options: dict[str, Any] = dict(
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        socket_keepalive=True,
-        health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 0),
-        max_connections=max_connections,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": max_connections,
+    }
     if redis_url is None and not sentinels:
         import fakeredis
 
@@ -496,10 +582,17 @@ def connect(
 class TokenStore:
     """Records and their indexes in one Redis (or Cluster slot), under one key prefix."""
 
-    def __init__(self, client: Any, key_prefix: str = "sessionsvc", retention_seconds: int = 86400):
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str = "sessionsvc",
+        retention_seconds: int = 86400,
+        idempotency_seconds: int = 86400,
+    ):
         self.client = client
         self.root = "{" + key_prefix + "}"
         self.retention_ms = retention_seconds * 1000
+        self.idempotency_ms = max(1, idempotency_seconds) * 1000
         self._gen_key = [self.root + ":gen"]
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
         self._id_lock = threading.Lock()
@@ -508,19 +601,29 @@ class TokenStore:
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
-        attempts = 2 if retry else 1
-        for attempt in range(attempts):
+    def _call(self, command: Callable[[], Any], retry: bool = False) -> Any:
+        """Run one Redis call; Redis saying "not now" becomes StoreUnavailable.
+
+        With `retry` (only for calls safe to repeat), a failed or reset connection is
+        retried up to READ_RETRIES times after a jittered backoff; timeouts, LOADING and
+        an exhausted pool are not, so no call waits much longer than one timeout.
+        """
+        failures = 0
+        while True:
             try:
-                return self._scripts[name](keys=self._gen_key, args=[self.root, *args])
+                return command()
             except RedisError as error:
                 kind = _unavailable_kind(error)
                 if kind is None:
                     raise
-                if attempt + 1 == attempts:
+                if not (retry and kind == "connection" and failures < READ_RETRIES):
                     raise StoreUnavailable(kind) from None
-                time.sleep(0.02)
-        raise AssertionError("unreachable")
+                failures += 1
+                time.sleep(BACKOFF.compute(failures))
+
+    def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
+        script = self._scripts[name]
+        return self._call(lambda: script(keys=self._gen_key, args=[self.root, *args]), retry)
 
     @staticmethod
     def _record(now_ms: int, fields: list, sealed: bytes | None = None) -> Record:
@@ -542,9 +645,9 @@ class TokenStore:
 
     def ping(self) -> bool:
         try:
-            return bool(self.client.ping())
-        except RedisError as error:
-            raise StoreUnavailable(_unavailable_kind(error) or "error") from None
+            return bool(self._call(self.client.ping))
+        except RedisError:
+            raise StoreUnavailable("error") from None
 
     # --- ids -----------------------------------------------------------------------
 
@@ -552,10 +655,7 @@ class TokenStore:
         """A record number no other caller will ever get (ids are allocated in blocks)."""
         with self._id_lock:
             if self._next_number >= self._block_end or self._next_number == 0:
-                try:
-                    end = int(self.client.incrby(self.root + ":ids", ID_BLOCK))
-                except RedisError as error:
-                    raise StoreUnavailable(_unavailable_kind(error) or "error") from None
+                end = int(self._call(lambda: self.client.incrby(self.root + ":ids", ID_BLOCK), retry=True))
                 self._next_number, self._block_end = end - ID_BLOCK + 1, end + 1
             number = self._next_number
             self._next_number += 1
@@ -563,11 +663,33 @@ class TokenStore:
 
     # --- operations ----------------------------------------------------------------
 
-    def create(self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int) -> Record:
-        now_ms, fields = self._run(
-            "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
+    def create(
+        self,
+        number: int,
+        user_id: str,
+        sealed: bytes,
+        preview: str,
+        expires_at: int,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Record:
+        """Store a new record. With an idempotency claim, a key already used for the same
+        request answers the record it created then (``replayed``) and stores nothing;
+        for another request it raises IdempotencyConflict."""
+        key_hash, digests = "", ""
+        if idempotency is not None:
+            key_hash = hashlib.sha256(idempotency.key.encode("utf-8")).hexdigest()
+            digests = " ".join(idempotency.digests)
+        reply = self._run(
+            "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
+            key_hash, digests, self.idempotency_ms,
+            retry=idempotency is not None,
         )
-        return self._record(now_ms, fields)
+        if reply[0] == -1:
+            raise IdempotencyConflict()
+        if reply[0] == -2:
+            raise AlreadyExpired()
+        record = self._record(reply[1], reply[2])
+        return replace(record, replayed=True) if reply[0] == 2 else record
 
     def owner(self, number: int) -> str | None:
         user = self._run("owner", number, retry=True)
@@ -580,9 +702,12 @@ class TokenStore:
         sealed: bytes,
         preview: str,
         expires_at: int,
-        expected_version: int | None = None,
+        expected_versions: Collection[int] | None = None,
     ) -> Record:
-        expected = "" if expected_version is None else str(expected_version)
+        """Replace a held record's token and expiry. `expected_versions` (an If-Match):
+        None accepts any version; otherwise the record's must be listed, or
+        PreconditionFailed (an empty collection never matches)."""
+        expected = "*" if expected_versions is None else " ".join(str(int(v)) for v in expected_versions)
         reply = self._run(
             "refresh", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH, expected
         )
@@ -590,6 +715,8 @@ class TokenStore:
             raise NotFound(format_id(number))
         if reply[0] == -1:
             raise PreconditionFailed(int(reply[1]))
+        if reply[0] == -2:
+            raise AlreadyExpired()
         return self._record(reply[1], reply[2])
 
     def get(self, number: int, reveal: bool = False) -> Record | None:

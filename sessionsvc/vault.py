@@ -6,10 +6,11 @@ them only when a full token is to be returned, and computes the clear-text previ
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .crypto import Cipher
-from .store import NotFound, Record, TokenStore, format_id, parse_id
+from .store import IdempotencyClaim, NotFound, Record, TokenStore, format_id, parse_id
 
 
 def token_preview(token: str) -> str:
@@ -52,18 +53,32 @@ class TokenVault:
         token = self.cipher.open(record.sealed_token, record.id, record.user_id)
         return Revealed(record, token)
 
-    def save(self, user_id: str, token: str, expires_at: int) -> Record:
+    def save(
+        self, user_id: str, token: str, expires_at: int, idempotency_key: str | None = None, client: str = ""
+    ) -> Record:
+        """Store a token. With an idempotency key (scoped to the calling `client`), a repeat
+        of the same request answers the first one's record (``replayed``) instead."""
         number = self.store.reserve_number()
         sealed = self.cipher.seal(token, format_id(number), user_id)
-        return self.store.create(number, user_id, sealed, token_preview(token), expires_at)
+        claim = None
+        if idempotency_key is not None:
+            digests = self.cipher.request_digests(user_id, token, str(expires_at))
+            claim = IdempotencyClaim(f"{client}\x00{idempotency_key}", digests)
+        return self.store.create(number, user_id, sealed, token_preview(token), expires_at, claim)
 
-    def refresh(self, record_id: str, token: str, expires_at: int, expected_version: int | None = None) -> Record:
+    def refresh(
+        self,
+        record_id: str,
+        token: str,
+        expires_at: int,
+        expected_versions: Collection[int] | None = None,
+    ) -> Record:
         number = self._number(record_id)
         user_id = self.store.owner(number)
         if user_id is None:
             raise NotFound(record_id)
         sealed = self.cipher.seal(token, record_id, user_id)
-        return self.store.refresh(number, user_id, sealed, token_preview(token), expires_at, expected_version)
+        return self.store.refresh(number, user_id, sealed, token_preview(token), expires_at, expected_versions)
 
     def reveal(self, record_id: str) -> Revealed:
         record = self.store.get(self._number(record_id), reveal=True)
