@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from . import cli, edge
-from .api import blp
+from .api import RECORD_ID_SCHEMA, RecordIdConverter, blp
 from .config import Config
 from .crypto import Cipher, generate_key
 from .errors import ServiceApi, register_error_handlers
@@ -78,6 +78,8 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
 
     api = ServiceApi(app)
+    app.url_map.converters["record_id"] = RecordIdConverter
+    api.register_converter(RecordIdConverter, lambda converter: RECORD_ID_SCHEMA)
     api.register_blueprint(blp)
     app.register_blueprint(ops)
     register_error_handlers(app)

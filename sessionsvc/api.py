@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from werkzeug.routing import BaseConverter
 
 from .schemas import (
     Cleared,
@@ -42,11 +43,29 @@ REPLAYED_HEADER = {
     "description": "`true` when this answers a repeated `Idempotency-Key` (nothing was created).",
     "schema": {"type": "string", "enum": ["true"]},
 }
-# OpenAPI links: what a client (or a stateful fuzzer) can do with a created record.
+# OpenAPI links: what a client (or a stateful fuzzer) can do with a record it has seen.
 CREATED_LINKS = {
     name: {"operationId": operation, "parameters": {"record_id": "$response.body#/id"}}
     for name, operation in (("GetToken", "getToken"), ("RefreshToken", "refreshToken"), ("DeleteToken", "deleteToken"))
 }
+FETCHED_LINKS = {
+    "RefreshThisVersion": {
+        "operationId": "refreshToken",
+        "parameters": {"record_id": "$response.body#/id", "header.If-Match": "$response.header.ETag"},
+    },
+    "DeleteToken": {"operationId": "deleteToken", "parameters": {"record_id": "$response.body#/id"}},
+}
+
+
+class RecordIdConverter(BaseConverter):
+    """One path segment, except the literal routes: `current` and `validity` win over an id
+    for every method (PUT /current is a 405, not a lookup of a record called "current")."""
+
+    regex = r"(?!(?:current|validity)(?:/|\Z))[^/]+"
+
+
+# How a record id is documented: what ids look like (any other segment is simply a 404).
+RECORD_ID_SCHEMA = {"type": "string", "pattern": "^store_[0-9]+$", "example": "store_001"}
 
 
 def vault() -> TokenVault:
@@ -67,7 +86,7 @@ def require_json_body():
 class TokenCollection(MethodView):
     @blp.arguments(PageQuery, location="query", as_kwargs=True)
     @blp.response(200, TokenPage)
-    def get(self, page: int, limit: int, user_id: str | None):
+    def get(self, page: int, limit: int, user_id: str | None = None):
         """List stored tokens, most recently saved first (previews only)."""
         total, records = vault().page(page, limit, user_id)
         return {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
@@ -92,7 +111,7 @@ class TokenCollection(MethodView):
 
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
     @blp.response(200, Cleared)
-    def delete(self, user_id: str | None):
+    def delete(self, user_id: str | None = None):
         """Clear every stored token (or one user's)."""
         count = vault().clear(user_id)
         return {"cleared": True, "message": CLEARED_MESSAGE, "count": count}
@@ -102,7 +121,7 @@ class TokenCollection(MethodView):
 class CurrentTokenView(MethodView):
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
     @blp.response(200, CurrentToken)
-    def get(self, user_id: str | None):
+    def get(self, user_id: str | None = None):
         """The most recently saved token still held (optionally for one user)."""
         revealed = vault().current(user_id)
         if revealed is None:
@@ -116,7 +135,7 @@ class CurrentTokenView(MethodView):
 class ValidityView(MethodView):
     @blp.arguments(UserQuery, location="query", as_kwargs=True)
     @blp.response(200, Validity)
-    def get(self, user_id: str | None):
+    def get(self, user_id: str | None = None):
         """Whether the current token is still valid, and for how long."""
         record = vault().validity(user_id)
         if record is None:
@@ -124,10 +143,10 @@ class ValidityView(MethodView):
         return record
 
 
-@blp.route("/<record_id>")
+@blp.route("/<record_id:record_id>")
 class TokenItem(MethodView):
     @blp.response(200, TokenDetail, headers={"ETag": ETAG_HEADER})
-    @blp.doc(operationId="getToken")
+    @blp.doc(operationId="getToken", responses={200: {"links": FETCHED_LINKS}})
     def get(self, record_id: str):
         """One stored token, in full."""
         g.record_id = record_id
