@@ -84,37 +84,57 @@ class Stats:
 
 
 class Client:
-    """One keep-alive HTTP connection; transport failures come back as a status string."""
+    """One keep-alive HTTP connection, renewed every RENEW_AFTER requests so that both
+    workers get connections; transport failures come back as a status string."""
+
+    RENEW_AFTER = 100
 
     def __init__(self, port: int, stats: Stats):
         self.port = port
         self.stats = stats
         self.connection: http.client.HTTPConnection | None = None
+        self.used = 0
 
     def call(self, operation: str, method: str, path: str, body: dict | None = None,
              headers: dict | None = None) -> tuple[int | str, dict, dict]:
         payload = json.dumps(body).encode() if body is not None else None
         all_headers = {"Content-Type": "application/json", **(headers or {})} if payload else dict(headers or {})
         started = time.monotonic()
-        try:
-            if self.connection is None:
-                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
-            self.connection.request(method, path, body=payload, headers=all_headers)
-            response = self.connection.getresponse()
-            data = response.read()
-            status: int | str = response.status
-            answer = json.loads(data) if data else {}
-            response_headers = dict(response.getheaders())
-            if response.getheader("Connection", "").lower() == "close":
+        for attempt in range(2):
+            reused = self.connection is not None
+            try:
+                status, answer, response_headers = self._send(method, path, payload, all_headers)
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
+                # A kept-alive connection the server closed meanwhile (a worker recycled after
+                # max_requests): like any HTTP client, send again once on a fresh one. Safe
+                # here: every write carries an Idempotency-Key or is idempotent in effect.
                 self.close()
-        except TimeoutError:
-            status, answer, response_headers = "timeout", {}, {}
-            self.close()
-        except (OSError, http.client.HTTPException, json.JSONDecodeError) as error:
-            status, answer, response_headers = type(error).__name__, {}, {}
-            self.close()
+                status, answer, response_headers = type(error).__name__, {}, {}
+                if not reused or attempt:
+                    break
+            except TimeoutError:
+                status, answer, response_headers = "timeout", {}, {}
+                self.close()
+                break
+            except (OSError, http.client.HTTPException, json.JSONDecodeError) as error:
+                status, answer, response_headers = type(error).__name__, {}, {}
+                self.close()
+                break
         self.stats.record(operation, status, time.monotonic() - started)
         return status, answer, response_headers
+
+    def _send(self, method: str, path: str, payload: bytes | None, headers: dict) -> tuple[int, dict, dict]:
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+            self.used = 0
+        self.connection.request(method, path, body=payload, headers=headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        self.used += 1
+        if response.getheader("Connection", "").lower() == "close" or self.used >= self.RENEW_AFTER:
+            self.close()
+        return response.status, json.loads(data) if data else {}, dict(response.getheaders())
 
     def close(self) -> None:
         if self.connection is not None:
@@ -209,12 +229,17 @@ def verify(port: int, ledger: Ledger, server: RedisServer) -> dict:
     status, answer, _ = client.call("verify", "GET", f"{API}?limit=1")
     total = answer.get("pagination", {}).get("total") if status == 200 else None
     client.close()
+    uncertain = len(ledger.uncertain)
+    count_consistent = total is not None and (
+        live_acknowledged - uncertain <= total <= live_acknowledged + uncertain + ledger.unanswered_creates
+    )
     return {
         "acknowledged_records": len(ledger.acknowledged),
         "acknowledged_live": live_acknowledged,
         "uncertain_records": len(ledger.uncertain),
         "unanswered_creates": ledger.unanswered_creates,
         "listed_total": total,
+        "listed_total_consistent": count_consistent,
         "lost_acknowledged_writes": lost,
         "wrong_answers": wrong,
         "index_problems": problems,
@@ -306,6 +331,7 @@ def main() -> int:
         or any(not isinstance(status, int) for status in stats.by_status)
         or report["hung_threads"]
         or after["lost_acknowledged_writes"] or after["wrong_answers"] or after["index_problems"]
+        or not after["listed_total_consistent"]
     )
     print("soak:", "FAILED" if failed else "passed", f"(logs in {workdir})")
     if not failed:

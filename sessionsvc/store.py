@@ -72,14 +72,14 @@ Failures and retries
 The client has short connect/socket timeouts, keepalive, a health check on idle
 connections, a bounded pool that raises at once when exhausted, and no retries of its
 own (see ``connect``). Every Redis failure that says "not now" (refused or reset
-connection, timeout, LOADING, READONLY after a failover, exhausted pool, BUSY script,
-MASTERDOWN, TRYAGAIN, CLUSTERDOWN) becomes ``StoreUnavailable(kind)``; the API answers
-it with 503 and ``Retry-After``. Only operations that are safe to repeat are retried,
-and only on a failed or reset connection (which fails fast; a timeout is never
-retried, so no call waits for two of them): reads, id reservation (a lost block of ids
-only skips numbers), and a create that carries an idempotency key (a repeat answers the
-first one's record). Retries wait with jittered exponential backoff (``READ_RETRIES``,
-``BACKOFF``).
+connection, timeout, LOADING, READONLY after a failover, exhausted pool, OOM under
+``noeviction``, BUSY script, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, NOREPLICAS, MISCONF)
+becomes ``StoreUnavailable(kind)``; the API answers it with 503 and ``Retry-After``.
+Only operations that are safe to repeat are retried, and only on a failed or reset
+connection (which fails fast; a timeout is never retried, so no call waits for two of
+them): reads, id reservation (a lost block of ids only skips numbers), and a create
+that carries an idempotency key (a repeat answers the first one's record). Retries
+wait with jittered exponential backoff (``READ_RETRIES``, ``BACKOFF``).
 """
 
 from __future__ import annotations
@@ -95,10 +95,14 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
     MaxConnectionsError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -504,14 +508,23 @@ _SCRIPTS = {
     "reseal": _RESEAL,
 }
 
-# Most specific first: BusyLoadingError and MaxConnectionsError are ConnectionErrors too.
+# Redis saying "not now" rather than "wrong". Typed errors first, most specific first
+# (BusyLoadingError and MaxConnectionsError are ConnectionErrors too); redis-py strips
+# the code from the message of the typed ones.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
     (MaxConnectionsError, "pool_exhausted"),
     (ReadOnlyError, "read_only"),
+    (OutOfMemoryError, "oom"),
+    (MasterDownError, "masterdown"),
+    (ClusterDownError, "clusterdown"),
+    (TryAgainError, "tryagain"),
     (RedisTimeoutError, "timeout"),
     (RedisConnectionError, "connection"),
 )
+# Untyped error replies of the same kind: a script running too long, too few replicas
+# for min-replicas-to-write, writes stopped because snapshots fail.
+UNAVAILABLE_REPLIES = ("BUSY", "NOREPLICAS", "MISCONF")
 
 
 def _unavailable_kind(error: RedisError) -> str | None:
@@ -520,7 +533,7 @@ def _unavailable_kind(error: RedisError) -> str | None:
             return kind
     if isinstance(error, ResponseError):
         text = str(error)
-        if text.startswith(("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING")):
+        if text.startswith(UNAVAILABLE_REPLIES):
             return text.split(" ", 1)[0].lower()
     return None
 

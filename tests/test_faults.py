@@ -6,6 +6,7 @@ by itself; and with appendfsync always, nothing acknowledged is lost across a ki
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 import pytest
+import redis
 from conftest import API, NO_REDIS_REASON, REDIS_SERVER, TEST_KEYS, future
 from invariants import index_problems
 from redis_server import LatencyProxy, RedisServer
@@ -311,3 +313,77 @@ def test_appendfsync_always_keeps_every_acknowledged_write_across_kill_9(servers
     live = sum(1 for token in acknowledged.values() if token is not None)
     total = reader.get(API, query_string={"limit": 100}).json["pagination"]["total"]
     assert live - len(pending) <= total <= live + len(pending) + unacknowledged_creates
+
+
+def test_an_exhausted_connection_pool_is_503_at_once(servers):
+    server = servers()
+    app = app_on(server.url, redis_max_connections=2)
+    client = app.test_client()
+    assert create(client).status_code == 201
+    pool = app.extensions["sessionsvc"].store.client.connection_pool
+    held = [pool.get_connection(), pool.get_connection()]
+    started = time.monotonic()
+    for response in (create(client), client.get(API), client.get(f"{API}/current")):
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert time.monotonic() - started < BOUND_SECONDS
+    for connection in held:
+        pool.release(connection)
+    assert create(client).status_code == 201
+
+
+def test_a_redis_out_of_memory_refuses_with_503_not_500(servers):
+    server = servers("--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    client = app_on(server.url).test_client()
+    assert create(client).status_code == 201
+    filler = server.client()
+    for size in (100_000, 1_000, 10):  # fill until not even a small write fits
+        for batch in range(10_000):
+            try:
+                filler.set(f"filler:{size}:{batch}", b"x" * size)
+            except redis.exceptions.OutOfMemoryError:
+                break
+    response = create(client)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert client.get(API).status_code in (200, 503)
+    filler.flushall()
+    assert create(client).status_code == 201
+
+
+def test_a_script_running_too_long_is_503_busy_until_it_is_killed(servers):
+    server = servers("--busy-reply-threshold", "50")
+    client = app_on(server.url).test_client()
+    assert create(client).status_code == 201
+    spinner = threading.Thread(target=spin_until_killed, args=(server.client(socket_timeout=10),))
+    spinner.start()
+    time.sleep(0.3)
+    try:
+        for response in (client.get(API), create(client)):
+            assert response.status_code == 503
+    finally:
+        server.client().script_kill()
+        spinner.join()
+    assert create(client).status_code == 201
+
+
+def spin_until_killed(client) -> None:
+    with contextlib.suppress(redis.exceptions.ResponseError):  # what SCRIPT KILL answers its caller
+        client.eval("while true do end", 0)
+
+
+@pytest.mark.parametrize("reply, kind", [
+    ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", "masterdown"),
+    ("TRYAGAIN Multiple keys request during rehashing of slot", "tryagain"),
+    ("CLUSTERDOWN The cluster is down", "clusterdown"),
+    ("READONLY You can't write against a read only replica.", "read_only"),
+    ("OOM command not allowed when used memory > 'maxmemory'.", "oom"),
+    ("NOREPLICAS Not enough good replicas to write.", "noreplicas"),
+    ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist", "misconf"),
+    ("ERR wrong number of arguments for 'hset' command", None),
+])
+def test_redis_replies_meaning_not_now_are_classified_unavailable(reply, kind):
+    """Replies a failover, a resharding or a full disk produce, parsed as redis-py parses them."""
+    from redis._parsers.base import BaseParser
+
+    from sessionsvc.store import _unavailable_kind
+
+    assert _unavailable_kind(BaseParser.parse_error(reply)) == kind
