@@ -72,6 +72,7 @@ class Stats:
     by_status: Counter = field(default_factory=Counter)
     by_operation: Counter = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    unavailable_at: list[float] = field(default_factory=list)  # when each 503 answered
     slowest: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,6 +82,8 @@ class Stats:
             self.by_operation[operation, status] += 1
             self.latencies.append(seconds)
             self.slowest = max(self.slowest, seconds)
+            if status == 503:
+                self.unavailable_at.append(time.monotonic())
 
 
 class Client:
@@ -289,6 +292,8 @@ def main() -> int:
         time.sleep(options.outage)
         server.start()
         restarted_at = time.monotonic() - started
+        wait_for_http(port, time.monotonic() + 30)  # /readyz: both workers' Redis is back
+        recovered = time.monotonic()
         time.sleep(max(0.0, options.seconds - (time.monotonic() - started)))
         stop.set()
         for worker in workers:
@@ -303,6 +308,11 @@ def main() -> int:
             "appendfsync": options.appendfsync,
             "redis_killed_at_s": round(killed_at, 1),
             "redis_restarted_at_s": round(restarted_at, 1),
+            "ready_again_at_s": round(recovered - started, 1),
+            "503_outside_outage": sum(
+                1 for moment in stats.unavailable_at
+                if moment < started + killed_at or moment > recovered + REQUEST_TIMEOUT
+            ),
             "requests": len(latencies),
             "requests_per_second": round(len(latencies) / elapsed, 1),
             "by_status": {str(status): count for status, count in sorted(stats.by_status.items(), key=str)},
