@@ -665,14 +665,23 @@ class TokenStore:
     # --- ids -----------------------------------------------------------------------
 
     def reserve_number(self) -> int:
-        """A record number no other caller will ever get (ids are allocated in blocks)."""
+        """A record number no other caller will ever get (ids are allocated in blocks).
+
+        The lock guards only the block in memory, never a Redis call: callers that find
+        the block used up each fetch their own, so on a stalled Redis they time out side
+        by side instead of one after another. A block fetched while another caller was
+        refilling gives one number and drops the rest (ids may skip, never repeat).
+        """
         with self._id_lock:
-            if self._next_number >= self._block_end or self._next_number == 0:
-                end = int(self._call(lambda: self.client.incrby(self.root + ":ids", ID_BLOCK), retry=True))
-                self._next_number, self._block_end = end - ID_BLOCK + 1, end + 1
-            number = self._next_number
-            self._next_number += 1
-            return number
+            if self._next_number < self._block_end:
+                self._next_number += 1
+                return self._next_number - 1
+        end = int(self._call(lambda: self.client.incrby(self.root + ":ids", ID_BLOCK), retry=True))
+        first = end - ID_BLOCK + 1
+        with self._id_lock:
+            if self._next_number >= self._block_end:
+                self._next_number, self._block_end = first + 1, end + 1
+        return first
 
     # --- operations ----------------------------------------------------------------
 

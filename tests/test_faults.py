@@ -387,3 +387,26 @@ def test_redis_replies_meaning_not_now_are_classified_unavailable(reply, kind):
     from sessionsvc.store import _unavailable_kind
 
     assert _unavailable_kind(BaseParser.parse_error(reply)) == kind
+
+
+def test_creates_waiting_for_new_ids_on_a_stalled_redis_do_not_queue_behind_each_other(servers):
+    server = servers()
+    app = app_on(server.url)  # fresh: its first create must reserve a block of ids
+    sleeper = threading.Thread(target=lambda: server.client(socket_timeout=10).execute_command("DEBUG", "SLEEP", "4"))
+    sleeper.start()
+    time.sleep(0.2)
+    answers = []
+
+    def post() -> None:
+        started = time.monotonic()
+        status = create(app.test_client()).status_code
+        answers.append((status, time.monotonic() - started))
+
+    posters = [threading.Thread(target=post) for _ in range(6)]
+    for poster in posters:
+        poster.start()
+    for poster in posters:
+        poster.join()
+    sleeper.join()
+    assert len(answers) == 6
+    assert all(status == 503 and seconds < BOUND_SECONDS for status, seconds in answers), answers
