@@ -287,8 +287,8 @@ def main() -> int:
         for worker in workers:
             worker.start()
         time.sleep(options.seconds / 2)
-        server.kill()
         killed_at = time.monotonic() - started
+        server.kill()
         time.sleep(options.outage)
         server.start()
         restarted_at = time.monotonic() - started
