@@ -27,7 +27,7 @@ RETENTION_MS = int(os.environ.get("SESSIONSVC_RETENTION_SECONDS", "86400")) * 10
 client = redis.Redis.from_url(os.environ["SESSIONSVC_REDIS_URL"], socket_timeout=1.0, max_connections=50)
 scripts = {name: client.register_script(script_source(name))
            for name in ("create", "refresh", "get", "owner", "current", "page")}
-keys = [ROOT + ":gen"]
+keys = [ROOT + ":gen", ROOT + ":slot-guard"]  # as the store declares them
 owners: dict[int, str] = {}
 id_lock = threading.Lock()
 id_block = [0, 0]  # next number, end of block
@@ -85,8 +85,8 @@ def create():
     token = body["token"]
     preview = f"{token[:8]}...{token[-4:]}"
     expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
-    now_ms, fields = scripts["create"](
-        keys=keys, args=[ROOT, number, body["user_id"], token, preview, expires, RETENTION_MS, PRUNE_BATCH]
+    _, now_ms, fields = scripts["create"](
+        keys=keys, args=[ROOT, number, body["user_id"], token, preview, expires, RETENTION_MS, PRUNE_BATCH, "", "", 1]
     )
     result = summary(now_ms, fields)
     result["created_at"] = iso(fields[5])
@@ -140,7 +140,7 @@ def refresh(record_id: str):
     preview = f"{token[:8]}...{token[-4:]}"
     expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
     reply = scripts["refresh"](
-        keys=keys, args=[ROOT, number, user, token, preview, expires, RETENTION_MS, PRUNE_BATCH, ""]
+        keys=keys, args=[ROOT, number, user, token, preview, expires, RETENTION_MS, PRUNE_BATCH, "*"]
     )
     result = summary(reply[1], reply[2])
     return result, 200, {"ETag": f'"{int(reply[2][6])}"'}

@@ -40,7 +40,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     # Imported here, not at the top: gunicorn's master imports sessionsvc.logs for its
     # logging setup and must not import redis before a gevent worker patches sockets.
     from . import cli, edge, limits, metrics
-    from .api import blp
+    from .api import RECORD_ID_SCHEMA, RecordIdConverter, blp
     from .crypto import Cipher
     from .errors import ServiceApi, register_error_handlers
     from .jsonprovider import OrjsonProvider
@@ -88,6 +88,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         client,
         config.key_prefix,
         config.retention_seconds,
+        idempotency_seconds=config.idempotency_seconds,
         replicas=replicas,
         min_replicas_ack=config.min_replicas_ack,
         replica_ack_timeout_ms=config.replica_ack_timeout_ms,
@@ -96,6 +97,8 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
 
     api = ServiceApi(app)
+    app.url_map.converters["record_id"] = RecordIdConverter
+    api.register_converter(RecordIdConverter, lambda converter: RECORD_ID_SCHEMA)
     api.register_blueprint(blp)
     api.register_blueprint(health)
     if config.api_keys:

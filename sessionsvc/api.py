@@ -11,6 +11,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema
 from webargs.flaskparser import FlaskParser
+from werkzeug.routing import BaseConverter
 
 from .errors import ERROR_RESPONSES
 from .schemas import (
@@ -18,6 +19,8 @@ from .schemas import (
     Cleared,
     CurrentToken,
     Deleted,
+    IdempotencyHeader,
+    IfMatchHeader,
     PageQuery,
     TokenCreate,
     TokenCreated,
@@ -28,6 +31,7 @@ from .schemas import (
     UserQuery,
     Validity,
 )
+from .store import Record
 from .vault import Revealed, TokenVault
 
 PREFIX = "/api/v1/session-storage"
@@ -112,7 +116,28 @@ EXAMPLES = {
 # Every /api/v1 operation can answer these (401 only when API keys are configured).
 COMMON_ERRORS = (401, 429, 503)
 BODY_ERRORS = (400, 413, 415, 422)
-ETAG_HEADER = {"ETag": {"description": "The record's version, for If-Match.", "schema": {"type": "string"}}}
+ETAG = {"description": "The record's version, for `If-Match` on a later PUT.", "schema": {"type": "string"}}
+ETAG_HEADER = {"ETag": ETAG}
+CREATED_HEADERS = {
+    "Location": {"description": "The new record's URL.", "schema": {"type": "string"}},
+    "ETag": ETAG,
+    "Idempotent-Replayed": {
+        "description": "`true` when this answers a repeated `Idempotency-Key` (nothing was created).",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+# OpenAPI links: what a client (or a stateful fuzzer) can do with a record it has seen.
+CREATED_LINKS = {
+    name: {"operationId": operation, "parameters": {"record_id": "$response.body#/id"}}
+    for name, operation in (("GetToken", "getToken"), ("RefreshToken", "refreshToken"), ("DeleteToken", "deleteToken"))
+}
+FETCHED_LINKS = {
+    "RefreshThisVersion": {
+        "operationId": "refreshToken",
+        "parameters": {"record_id": "$response.body#/id", "header.If-Match": "$response.header.ETag"},
+    },
+    "DeleteToken": {"operationId": "deleteToken", "parameters": {"record_id": "$response.body#/id"}},
+}
 LINK_HEADER = {
     "Link": {
         "description": "RFC 8288 links to the first, previous, next and last pages "
@@ -133,6 +158,21 @@ def documented_errors(*codes: int) -> Callable:
         return view
 
     return decorate
+
+
+class RecordIdConverter(BaseConverter):
+    """One path segment, except the literal routes: `current` and `validity` win over an id
+    for every method (PUT /current is a 405, not a lookup of a record called "current")."""
+
+    regex = r"(?!(?:current|validity)(?:/|\Z))[^/]+"
+
+
+# How a record id is documented: what ids look like (any other segment is simply a 404).
+RECORD_ID_SCHEMA = {"type": "string", "pattern": "^store_[0-9]+$", "example": "store_001"}
+
+
+def etag(record: Record) -> str:
+    return f'"{record.version}"'
 
 
 def vault() -> TokenVault:
@@ -197,32 +237,33 @@ class TokenCollection(MethodView):
     @blp.arguments(PageQuery(), location="query", as_kwargs=True)
     @blp.response(200, TokenPage, example=EXAMPLES["list"], headers=LINK_HEADER)
     @documented_errors(422)
-    def get(self, page: int, limit: int, user_id: str | None):
+    def get(self, page: int, limit: int, user_id: str | None = None):
         """List stored tokens, most recently saved first (previews only)."""
         total, records = vault().page(page, limit, user_id)
         body = {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
         return body, 200, {"Link": page_links(page, limit, total, user_id)}
 
-    @blp.doc(operationId="createToken")
+    @blp.doc(operationId="createToken", responses={201: {"links": CREATED_LINKS}})
     @blp.arguments(TokenCreate(), example=EXAMPLES["create"])
-    @blp.response(
-        201,
-        TokenCreated,
-        example=EXAMPLES["created"],
-        headers={"Location": {"description": "The new record's URL.", "schema": {"type": "string"}}},
-    )
+    @blp.arguments(IdempotencyHeader(), location="headers", as_kwargs=True)
+    @blp.response(201, TokenCreated, example=EXAMPLES["created"], headers=CREATED_HEADERS)
     @documented_errors(*BODY_ERRORS)
-    def post(self, body: dict):
-        """Store a token for a user."""
-        record = vault().save(body["user_id"], body["token"], body["expires_at"])
+    def post(self, body: dict, idempotency_key: str | None = None):
+        """Store a token for a user (safe to retry with an `Idempotency-Key`)."""
+        record = vault().save(
+            body["user_id"], body["token"], body["expires_at"], idempotency_key, g.get("client_key_id", "")
+        )
         # Built directly: url_for's route-map build is measurable on this hot path.
-        return record, 201, {"Location": f"{request.script_root}{PREFIX}/{record.id}"}
+        headers = {"Location": f"{request.script_root}{PREFIX}/{record.id}", "ETag": etag(record)}
+        if record.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return record, 201, headers
 
     @blp.doc(operationId="clearTokens")
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Cleared, example=EXAMPLES["cleared"])
     @documented_errors(422)
-    def delete(self, user_id: str | None):
+    def delete(self, user_id: str | None = None):
         """Clear every stored token (or one user's)."""
         count = vault().clear(user_id)
         after_this_request(reclaim_when_sent)
@@ -235,7 +276,7 @@ class CurrentTokenView(MethodView):
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, CurrentToken, example=EXAMPLES["current"])
     @documented_errors(404, 422)
-    def get(self, user_id: str | None):
+    def get(self, user_id: str | None = None):
         """The most recently saved token still held (optionally for one user)."""
         revealed = vault().current(user_id)
         if revealed is None:
@@ -251,7 +292,7 @@ class ValidityView(MethodView):
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Validity, example=EXAMPLES["validity"])
     @documented_errors(422)
-    def get(self, user_id: str | None):
+    def get(self, user_id: str | None = None):
         """Whether the current token is still valid, and for how long."""
         record = vault().validity(user_id)
         if record is None:
@@ -259,9 +300,9 @@ class ValidityView(MethodView):
         return record
 
 
-@blp.route("/<record_id>")
+@blp.route("/<record_id:record_id>")
 class TokenItem(MethodView):
-    @blp.doc(operationId="getToken")
+    @blp.doc(operationId="getToken", responses={200: {"links": FETCHED_LINKS}})
     @blp.response(200, TokenDetail, example=EXAMPLES["detail"], headers=ETAG_HEADER)
     @documented_errors(404)
     def get(self, record_id: str):
@@ -276,16 +317,17 @@ class TokenItem(MethodView):
             "expires_at": record.expires_at,
             "is_valid": record.is_valid,
             "saved_at": record.saved_at,
-        }, 200, {"ETag": f'"{record.version}"'}
+        }, 200, {"ETag": etag(record)}
 
     @blp.doc(operationId="refreshToken")
     @blp.arguments(TokenRefresh(), example=EXAMPLES["refresh"])
+    @blp.arguments(IfMatchHeader(), location="headers", as_kwargs=True)
     @blp.response(200, TokenSummary, example=EXAMPLES["refreshed"], headers=ETAG_HEADER)
     @documented_errors(*BODY_ERRORS, 404, 412)
-    def put(self, body: dict, record_id: str):
-        """Replace a record's token and expiry (refresh)."""
-        record = vault().refresh(record_id, body["token"], body["expires_at"])
-        return record, 200, {"ETag": f'"{record.version}"'}
+    def put(self, body: dict, record_id: str, if_match: tuple[int, ...] | None = None):
+        """Replace a record's token and expiry (refresh); `If-Match` guards against lost updates."""
+        record = vault().refresh(record_id, body["token"], body["expires_at"], if_match)
+        return record, 200, {"ETag": etag(record)}
 
     @blp.doc(operationId="deleteToken")
     @blp.response(200, Deleted, example=EXAMPLES["deleted"])

@@ -99,6 +99,9 @@ class Config:
     retention_seconds: int = field(
         default=86400, metadata={"env": "SESSIONSVC_RETENTION_SECONDS", "parse": _int}
     )
+    idempotency_seconds: int = field(
+        default=86400, metadata={"env": "SESSIONSVC_IDEMPOTENCY_SECONDS", "parse": _int}
+    )
     max_ttl_seconds: int = field(
         default=2592000, metadata={"env": "SESSIONSVC_MAX_TTL_SECONDS", "parse": _int}
     )
@@ -178,6 +181,8 @@ class Config:
                     f"site), got {origin!r}"
                 )
         self._check_topology()
+        if self.idempotency_seconds < 1:
+            raise ConfigError("SESSIONSVC_IDEMPOTENCY_SECONDS: must be at least 1")
         if self.production:
             if self.embedded_store:
                 raise ConfigError(

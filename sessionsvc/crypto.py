@@ -87,6 +87,10 @@ class Cipher:
         self.key_ids = tuple(ids)
         self._current_prefix = self.current_key_id.encode("ascii") + b":"
         self._fingerprint_key = hmac.new(parsed[0][1], b"sessionsvc token fingerprint", hashlib.sha256).digest()
+        self._digest_keys = tuple(
+            (key_id, hmac.new(secret, b"sessionsvc request digest", hashlib.sha256).digest())
+            for key_id, secret in parsed
+        )
 
     @staticmethod
     def _associated_data(record_id: str, user_id: str) -> bytes:
@@ -124,3 +128,15 @@ class Cipher:
         """A keyed, truncated hash that ties log lines to a token without revealing it."""
         digest = hmac.new(self._fingerprint_key, token.encode("ascii"), hashlib.sha256).hexdigest()
         return digest[:FINGERPRINT_CHARS]
+
+    def request_digests(self, *fields: str) -> tuple[str, ...]:
+        """Keyed digests of a request's fields, one per key, the current key's first.
+
+        An idempotency record stores the first; comparing against all of them keeps a
+        retry recognisable across a key rotation. Keyed, so a stored digest tells whoever
+        reads Redis nothing about a token, however short.
+        """
+        message = "\x00".join(fields).encode("utf-8")
+        return tuple(
+            f"{key_id}:{hmac.new(key, message, hashlib.sha256).hexdigest()}" for key_id, key in self._digest_keys
+        )

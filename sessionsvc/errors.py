@@ -16,7 +16,13 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from .crypto import DecryptionError
-from .store import NotFound, PreconditionFailed, StoreUnavailable
+from .store import (
+    AlreadyExpired,
+    IdempotencyConflict,
+    NotFound,
+    PreconditionFailed,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("sessionsvc")
 
@@ -39,12 +45,13 @@ HIDDEN_FIELDS = "_unknown"
 
 
 def without_unshowable_names(errors: Any) -> Any:
-    """``errors`` with field names that do not look like field names folded into one entry."""
+    """``errors`` with body field names that do not look like field names folded into one
+    entry (query and header names are the service's own: unknown ones are ignored)."""
     if not isinstance(errors, dict):
         return errors
     cleaned: dict = {}
     for location, fields in errors.items():
-        if not isinstance(fields, dict):
+        if location != "json" or not isinstance(fields, dict):
             cleaned[location] = fields
             continue
         shown = {name: messages for name, messages in fields.items() if SHOWN_FIELD_NAME.match(str(name))}
@@ -53,6 +60,8 @@ def without_unshowable_names(errors: Any) -> Any:
             shown[HIDDEN_FIELDS] = [f"{hidden} unknown field(s); their names are not shown."]
         cleaned[location] = shown
     return cleaned
+
+
 RETRY_AFTER_HEADER = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "example": 1},
@@ -122,7 +131,21 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PreconditionFailed)
     def precondition_failed(error: PreconditionFailed):
-        return error_body(412, "The record has changed since that ETag; fetch it again."), 412
+        return (
+            error_body(412, "The record has changed since that ETag; fetch it again."),
+            412,
+            {"ETag": f'"{error.current_version}"'},
+        )
+
+    @app.errorhandler(IdempotencyConflict)
+    def idempotency_conflict(error: IdempotencyConflict):
+        message = "This Idempotency-Key was already used for a different request."
+        errors = {"headers": {"Idempotency-Key": ["Already used with another body; use a new key."]}}
+        return error_body(422, message, errors), 422
+
+    @app.errorhandler(AlreadyExpired)
+    def already_expired(error: AlreadyExpired):
+        return error_body(422, MESSAGES[422], {"json": {"expires_at": ["Must be in the future."]}}), 422
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(error: StoreUnavailable):

@@ -17,6 +17,7 @@ reach a log line through it.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -34,11 +35,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 REQUEST_FIELDS = ("request_id", "method", "route")
 
 
+CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
+
+
 def route_template() -> str:
-    """The matched URL rule (``/api/v1/session-storage/<record_id>``), never the raw path:
-    what log lines and metrics name a request by."""
+    """The matched URL rule (``/api/v1/session-storage/<record_id>``, converters left
+    out), never the raw path: what log lines and metrics name a request by."""
     rule = request.url_rule
-    return rule.rule if rule is not None else UNMATCHED_ROUTE
+    return CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else UNMATCHED_ROUTE
 
 
 def human_readable(config: Config, stream: Any = None) -> bool:

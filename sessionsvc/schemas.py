@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from functools import lru_cache
 from typing import Any
 
 from flask import current_app
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+from werkzeug.http import parse_etags
 
-VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
 VISIBLE_ASCII_MESSAGE = "Must be printable ASCII without spaces or control characters."
+
+
+class FullMatch(validate.Regexp):
+    """A pattern the whole value must match. Written with ``^...$`` so that the OpenAPI
+    document (ECMA regex) says the same; matched with ``fullmatch``, because Python's
+    ``$`` would also accept a trailing newline."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+VISIBLE_ASCII = FullMatch(r"^[\x21-\x7e]+$", error=VISIBLE_ASCII_MESSAGE)
 EXAMPLE_TOKEN = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9..."  # an OpenAPI example, not a secret  # nosec B105
 
 
@@ -59,7 +72,7 @@ def _text(description: str, maximum: int, **kwargs: Any) -> fields.String:
     return fields.String(
         validate=[
             validate.Length(min=1, max=maximum),
-            validate.Regexp(VISIBLE_ASCII, error=VISIBLE_ASCII_MESSAGE),
+            VISIBLE_ASCII,
         ],
         metadata={"description": description, **kwargs.pop("metadata", {})},
         **kwargs,
@@ -101,18 +114,63 @@ class TokenRefresh(_ExpiryRules, Schema):
     token = Token(required=True, load_only=True)
     expires_at = Timestamp(required=True, metadata={"description": "When the new token stops being valid."})
 
-    class Meta:
-        unknown = EXCLUDE  # refused below, so that user_id gets a message of its own
-
     @validates_schema(pass_original=True, skip_on_field_errors=False)
-    def no_other_fields(self, data: Any, original: Any, **kwargs: Any) -> None:
-        if not isinstance(original, dict):
-            return
-        errors = {name: ["Unknown field."] for name in sorted(set(original) - {"token", "expires_at", "user_id"})}
-        if "user_id" in original:
-            errors["user_id"] = ["user_id cannot be changed; create a new record instead."]
-        if errors:
-            raise ValidationError(errors)
+    def user_id_is_fixed(self, data: Any, original: Any, **kwargs: Any) -> None:
+        # Refused as unknown like any other field (so the document can say so), with the reason.
+        if isinstance(original, dict) and "user_id" in original:
+            raise ValidationError({"user_id": ["user_id cannot be changed; create a new record instead."]})
+
+
+class IdempotencyHeader(Schema):
+    """Makes a POST safe to retry."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=[validate.Length(min=1, max=255), VISIBLE_ASCII],
+        metadata={
+            "description": "A unique value per intended creation (a UUID, say), 1-255 printable ASCII "
+            "characters. Repeating the POST with the same key and body within the idempotency window "
+            "answers the original 201 again (with `Idempotent-Replayed: true`) and creates nothing; the "
+            "same key with a different body is a 422.",
+            "example": "4f9b6c1e-8d2a-4c1e-9f1b-2a7d3c5e6f70",
+        },
+    )
+
+
+class EntityTags(fields.Field):
+    """An ``If-Match`` value, held as the versions it names: None for ``*`` (any).
+
+    Weak or non-numeric tags name no version (strong comparison), so they never match.
+    """
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[int, ...] | None:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        tags = parse_etags(value)
+        if tags.star_tag:
+            return None
+        return tuple(sorted(int(tag) for tag in tags.as_set() if tag.isascii() and tag.isdigit() and len(tag) <= 18))
+
+
+class IfMatchHeader(Schema):
+    """Makes a PUT conditional on the version last read."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    if_match = EntityTags(
+        data_key="If-Match",
+        metadata={
+            "type": "string",
+            "description": "The `ETag` of the version the change is based on (from GET, POST or PUT). "
+            "When the record has been saved since, the PUT is refused 412 and changes nothing. "
+            "Optional: without it the PUT applies to whatever version is held.",
+            "example": '"42"',
+        },
+    )
 
 
 class UserQuery(Schema):
@@ -121,7 +179,7 @@ class UserQuery(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    user_id = UserId(load_default=None)
+    user_id = UserId()  # absent: every user (no null default, which a query string cannot carry)
 
 
 class PageQuery(UserQuery):

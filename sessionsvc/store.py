@@ -29,6 +29,12 @@ key                             type     content
 ``{P}:slot-guard``              (none)   never written; declared by every script so that
                                          Redis refuses (TRYAGAIN) to run one while the
                                          store's slot is half-migrated between masters
+``{P}:idem:<k>``                hash     one idempotent POST; ``k`` = SHA-256 hex of the
+                                         client's scope and ``Idempotency-Key``. ``f`` keyed
+                                         digest of the request (never the token itself),
+                                         ``at`` Redis time of the create (ms), and the
+                                         created record's ``n u p e s c o`` as answered.
+                                         PEXPIRE = the idempotency window.
 ==============================  =======  ==================================================
 
 Rate-limit counters (flask-limiter, only when ``SESSIONSVC_RATE_LIMIT`` is set) share this
@@ -49,14 +55,21 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
 -----------------------------------------------------------------------------------------
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
-- create: GET gen, TIME, INCR saves, HSET + PEXPIREAT record, ZADD x3, prune.
+- create: GET gen, TIME, [HMGET idem: held -> answer the stored snapshot, or refuse a
+  different digest], INCR saves, HSET + PEXPIREAT record, ZADD x3, [HSET + PEXPIRE idem],
+  prune. The check and the record happen in one script, so two processes racing with one
+  key create one record.
 - bulk load (``create_many``): the create script per record, pipelined, one round-trip
   per ``BULK_BATCH`` records.
-- refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), INCR saves,
-  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The caller must name the
-  owner (the ciphertext is bound to it): ``owner`` answers from a per-process cache of
-  record number -> user id filled by every record the store returns, and only on a miss
-  runs its script (GET gen, HMGET), a second round-trip.
+- refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), ZSCORE exp
+  (not dead by the script's clock, to the millisecond), INCR saves,
+  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The existence check and the
+  writes are one script, and Redis treats a key whose TTL passed before the script started
+  as gone, so a refresh can neither revive a record past retention nor leave a hash
+  without a TTL.
+  The caller must name the owner (the ciphertext is bound to it): ``owner`` answers from
+  a per-process cache of record number -> user id filled by every record the store
+  returns, and only on a miss runs its script (GET gen, HMGET), a second round-trip.
 - get: GET gen, TIME, HMGET [+ HINCRBY/HSET reveal counters when revealing].
 - current / validity: GET gen, TIME, prune, ZREVRANGE of the (user) index from the top
   until a live record, HMGET.
@@ -89,25 +102,44 @@ Topologies (see ``connect``)
 - With ``replicas`` get, current/validity and page run as EVALSHA_RO (EVAL_RO when the
   replica lacks the script) with prune batch 0 and no reveal counting, so they write
   nothing; ``is_valid`` still comes from ``e`` against the replica's TIME.
+
+Failures and retries
+--------------------
+The client has short connect/socket timeouts, keepalive, a health check on idle
+connections, a bounded pool that raises at once when exhausted, and no retries of its
+own (see ``connect``). Every Redis failure that says "not now" (refused or reset
+connection, timeout, LOADING, READONLY after a failover, exhausted pool, OOM under
+``noeviction``, BUSY script, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, NOREPLICAS, MISCONF)
+becomes ``StoreUnavailable(kind)``; the API answers it with 503 and ``Retry-After``.
+Only operations that are safe to repeat are retried, and only on a failed or reset
+connection (which fails fast; a timeout is never retried, so no call waits for two of
+them): reads, id reservation (a lost block of ids only skips numbers), and a create
+that carries an idempotency key (a repeat answers the first one's record). Retries
+wait with jittered exponential backoff (``READ_RETRIES``, ``BACKOFF``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
+    ClusterDownError,
     ClusterError,
+    MasterDownError,
+    MaxConnectionsError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -129,6 +161,10 @@ BULK_BATCH = 1000
 RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
 CENSUS_SAMPLE = 200
 SEALED_HEAD_BYTES = 17  # enough for '<key id>:' (key ids are at most 16 characters)
+READ_RETRIES = 2
+HEALTH_CHECK_SECONDS = 30
+# Full jitter: the n-th retry waits a random 0..min(cap, base * 2**n) seconds.
+BACKOFF = ExponentialWithJitterBackoff(base=0.025, cap=0.25)
 
 
 class NotFound(Exception):
@@ -145,6 +181,14 @@ class PreconditionFailed(Exception):
     def __init__(self, current_version: int):
         super().__init__("record has changed")
         self.current_version = current_version
+
+
+class AlreadyExpired(Exception):
+    """The record would be dead (expires_at + retention) by Redis's clock before it is stored."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was already used, within its window, for a different request."""
 
 
 class StoreUnavailable(Exception):
@@ -169,6 +213,7 @@ class Record:
     reveal_count: int = 0
     last_revealed_at: int | None = None
     sealed_token: bytes | None = None
+    replayed: bool = False  # a snapshot answered again for a repeated idempotent create
 
     @property
     def id(self) -> str:
@@ -201,6 +246,15 @@ class IndexReport:
 
 # Called after every store operation: (operation, seconds, error kind or None).
 Observer = Callable[[str, float, "str | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """What makes a create idempotent: the client's key (already scoped to the client)
+    and keyed digests of the request, one per encryption key, the first one stored."""
+
+    key: str
+    digests: tuple[str, ...]
 
 
 def format_id(number: int) -> str:
@@ -311,29 +365,57 @@ local function dead_count()
 end
 """
 
-# ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch
-# -> {now, record}
+# ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
+#       idempotency key hash ('' = none), request digests (space-separated, the first is
+#       stored), idempotency window (ms)
+# -> {1, now, record} created | {2, then, record} replayed | {-1} key used for another
+#    request | {-2} already dead by Redis's clock
 _CREATE = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
+local idem_key = nil
+if ARGV[9] ~= '' then
+  idem_key = root .. ':idem:' .. ARGV[9]
+  local held = redis.call('HMGET', idem_key, 'f', 'at', 'n', 'u', 'p', 'e', 's', 'c', 'o')
+  if held[1] then
+    if not string.find(' ' .. ARGV[10] .. ' ', ' ' .. held[1] .. ' ', 1, true) then return {-1} end
+    return {2, tonumber(held[2]), {held[3], held[4], held[5], held[6], held[7], held[8], held[9], false, false}}
+  end
+end
 local death = expires * 1000 + tonumber(ARGV[7])
+if death <= now then return {-2} end
 if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply('record number in use') end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
+local record = load(n, false)
+if idem_key then
+  local digest = string.match(ARGV[10], '^%S+')
+  redis.call('HSET', idem_key, 'f', digest, 'at', ms(now), 'n', n, 'u', user, 'p', ARGV[5], 'e', ARGV[6],
+             's', record[5], 'c', record[6], 'o', save_number)
+  redis.call('PEXPIRE', idem_key, ARGV[11])
+end
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {now, load(n, false)}
+return {1, now, record}
 """
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
-#       expected version ('' = any)
+#       expected versions ('*' = any, else space-separated; none listed never matches)
 # -> {1, now, record} | {0} not found | {-1, version} precondition failed
+#    | {-2} already dead by Redis's clock
 _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
 local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
 if not held[1] or held[2] ~= gen or held[1] ~= user then return {0} end
-if ARGV[9] ~= '' and held[3] ~= ARGV[9] then return {-1, tonumber(held[3])} end
+-- Redis expires a key only once its time is strictly past (and by the script's start
+-- time); by this store's clock a record is dead from its death on: never revive it.
+local held_death = redis.call('ZSCORE', exp_key, n .. ':' .. user)
+if not held_death or tonumber(held_death) <= now then return {0} end
+if ARGV[9] ~= '*' and not string.find(' ' .. ARGV[9] .. ' ', ' ' .. held[3] .. ' ', 1, true) then
+  return {-1, tonumber(held[3])}
+end
 local death = expires * 1000 + tonumber(ARGV[7])
+if death <= now then return {-2} end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 prune(tonumber(ARGV[8]))
@@ -592,17 +674,26 @@ def script_source(name: str) -> str:
 
 # Replies meaning Redis cannot serve the command now; the kind names the reason. The
 # cluster kinds occur while the store's slot moves between masters or a master fails over.
+
+
+# Redis saying "not now" rather than "wrong". Typed errors first, most specific first
+# (BusyLoadingError and MaxConnectionsError are ConnectionErrors too); redis-py strips
+# the code from the message of the typed ones.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
+    (MaxConnectionsError, "pool_exhausted"),
     (ReadOnlyError, "read_only"),
+    (OutOfMemoryError, "oom"),
+    (MasterDownError, "masterdown"),
+    (ClusterDownError, "clusterdown"),
+    (TryAgainError, "tryagain"),
     (RedisTimeoutError, "timeout"),
     (RedisConnectionError, "connection"),
-    (TryAgainError, "migrating"),
     (AskError, "migrating"),
     (ClusterError, "cluster"),
     (RedisClusterException, "cluster"),
 )
-_UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS")
+_UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS", "MISCONF")
 
 # Scripts that change records: with SESSIONSVC_MIN_REPLICAS_ACK they are followed by WAIT.
 _WRITES = frozenset({"create", "refresh", "delete", "clear_all", "clear_user", "reseal"})
@@ -650,17 +741,20 @@ def connect(
     where read-only scripts go when reads may use replicas, else None. With no Redis
     configured, the primary is an in-process fakeredis.
 
-    Timeouts are short and explicit so a dead Redis gives a quick 503 instead of a hung
-    worker; the pool is bounded and fails fast when exhausted; commands are not retried
-    by the client (a retried script could apply twice): the store retries reads itself.
-    Cluster redirections (MOVED, ASK, TRYAGAIN) are followed by redis-py's RedisCluster.
+    Timeouts are short and explicit (and well below gunicorn's worker timeout) so a dead
+    or stalled Redis gives a quick 503 instead of a hung worker; TCP keepalive and a PING
+    on connections idle for ``health_check_interval`` seconds find dead peers before a
+    request does. The pool is bounded and raises ``MaxConnectionsError`` at once when
+    exhausted (a blocking pool would queue requests behind a slow Redis). The client
+    retries nothing (a repeated script could apply twice): ``TokenStore`` retries what is
+    safe to repeat.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout_seconds,
         "socket_connect_timeout": timeout_seconds,
         "socket_keepalive": True,
-        "health_check_interval": 30,
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 0),
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+        "retry": Retry(NoBackoff(), 0),
         "max_connections": max_connections,
     }
     if redis_url is None and not sentinels:
@@ -717,6 +811,7 @@ class TokenStore:
         replicas: Any = None,
         min_replicas_ack: int = 0,
         replica_ack_timeout_ms: int = 500,
+        idempotency_seconds: int = 86400,
     ):
         self.client = client
         self.replicas = replicas
@@ -729,6 +824,7 @@ class TokenStore:
         # script while the store's slot is half-migrated, instead of letting it run on
         # the node that holds only part of the store.
         self._keys = [self.root + ":gen", self.root + ":slot-guard"]
+        self.idempotency_ms = max(1, idempotency_seconds) * 1000
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
         self._id_lock = threading.Lock()
         self._next_number = 0
@@ -740,14 +836,18 @@ class TokenStore:
     def _attempt(
         self, operation: str, command: Callable[[], Any], retry: bool = False, any_error: bool = False
     ) -> Any:
-        """Run a command, mapping Redis being unavailable to StoreUnavailable(kind) and
-        reporting its duration and outcome to the observer. `retry` (reads only: a write
-        retried after a lost reply could apply twice) tries twice; `any_error` maps every
-        Redis error, for commands whose other failures tell the caller nothing more."""
-        attempts = 2 if retry else 1
-        started, failed_kind = time.perf_counter(), None
+        """Run one Redis call; Redis saying "not now" becomes StoreUnavailable(kind), and
+        the duration and outcome are reported to the observer.
+
+        With `retry` (only for calls safe to repeat), a failed or reset connection is
+        retried up to READ_RETRIES times after a jittered backoff; timeouts, LOADING and
+        an exhausted pool are not, so no call waits much longer than one timeout.
+        `any_error` maps every Redis error, for calls whose other failures tell the
+        caller nothing more.
+        """
+        started, failed_kind, failures = time.perf_counter(), None, 0
         try:
-            for attempt in range(attempts):
+            while True:
                 try:
                     return command()
                 except StoreUnavailable as error:
@@ -755,14 +855,13 @@ class TokenStore:
                     raise
                 except (RedisError, RedisClusterException) as error:
                     kind = _unavailable_kind(error) or ("error" if any_error else None)
+                    failed_kind = kind or "error"
                     if kind is None:
-                        failed_kind = "error"
                         raise
-                    if attempt + 1 == attempts:
-                        failed_kind = kind
+                    if not (retry and kind == "connection" and failures < READ_RETRIES):
                         raise StoreUnavailable(kind) from None
-                    time.sleep(0.02)
-            raise AssertionError("unreachable")
+                    failures += 1
+                    time.sleep(BACKOFF.compute(failures))
         finally:
             if self.observe is not None:
                 self.observe(operation, time.perf_counter() - started, failed_kind)
@@ -872,20 +971,28 @@ class TokenStore:
     # --- ids -----------------------------------------------------------------------
 
     def reserve_number(self) -> int:
-        """A record number no other caller will ever get (ids are allocated in blocks)."""
-        key = self.root + ":ids"
+        """A record number no other caller will ever get (ids are allocated in blocks).
+
+        The lock guards only the block in memory, never a Redis call: callers that find
+        the block used up each fetch their own, so on a stalled Redis they time out side
+        by side instead of one after another. A block fetched while another caller was
+        refilling gives one number and drops the rest (ids may skip, never repeat).
+        """
         with self._id_lock:
-            if self._next_number >= self._block_end or self._next_number == 0:
-                if self.min_replicas_ack:
-                    end = self._attempt(
-                        "reserve", lambda: self._acknowledged(lambda pipe: pipe.incrby(key, ID_BLOCK)), any_error=True
-                    )
-                else:
-                    end = self._attempt("reserve", lambda: self.client.incrby(key, ID_BLOCK), any_error=True)
-                self._next_number, self._block_end = int(end) - ID_BLOCK + 1, int(end) + 1
-            number = self._next_number
-            self._next_number += 1
-            return number
+            if self._next_number < self._block_end:
+                self._next_number += 1
+                return self._next_number - 1
+        key = self.root + ":ids"
+        if self.min_replicas_ack:
+            end = self._attempt("reserve", lambda: self._acknowledged(lambda pipe: pipe.incrby(key, ID_BLOCK)))
+        else:
+            end = self._attempt("reserve", lambda: self.client.incrby(key, ID_BLOCK), retry=True)
+        end = int(end)
+        first = end - ID_BLOCK + 1
+        with self._id_lock:
+            if self._next_number >= self._block_end:
+                self._next_number, self._block_end = first + 1, end + 1
+        return first
 
     def _forget_block(self) -> None:
         with self._id_lock:
@@ -898,19 +1005,41 @@ class TokenStore:
 
     # --- operations ----------------------------------------------------------------
 
-    def create(self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int) -> Record:
-        """Store a new record under a reserved number. NumberInUse when another record
-        holds it already: possible only after a failover lost the counter's last blocks."""
+    def create(
+        self,
+        number: int,
+        user_id: str,
+        sealed: bytes,
+        preview: str,
+        expires_at: int,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Record:
+        """Store a new record under a reserved number. With an idempotency claim, a key
+        already used for the same request answers the record it created then
+        (``replayed``) and stores nothing; for another request it raises
+        IdempotencyConflict. NumberInUse when another record holds the number already:
+        possible only after a failover lost the counter's last blocks."""
+        key_hash, digests = "", ""
+        if idempotency is not None:
+            key_hash = hashlib.sha256(idempotency.key.encode("utf-8")).hexdigest()
+            digests = " ".join(idempotency.digests)
         try:
-            now_ms, fields = self._run(
-                "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH
+            reply = self._run(
+                "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
+                key_hash, digests, self.idempotency_ms,
+                retry=idempotency is not None,
             )
         except ResponseError as error:
             if "record number in use" not in str(error):
                 raise
             self._forget_block()
             raise NumberInUse(format_id(number)) from None
-        return self._held(now_ms, fields)
+        if reply[0] == -1:
+            raise IdempotencyConflict()
+        if reply[0] == -2:
+            raise AlreadyExpired()
+        record = self._held(reply[1], reply[2])
+        return replace(record, replayed=True) if reply[0] == 2 else record
 
     def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
         """Bulk load: the create script for each (number, user id, sealed, preview,
@@ -920,7 +1049,8 @@ class TokenStore:
         for number, user_id, sealed, preview, expires_at in rows:
             self._scripts["create"](
                 keys=self._keys,
-                args=[self.root, number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH],
+                args=[self.root, number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
+                      "", "", self.idempotency_ms],
                 client=pipe,
             )
             count += 1
@@ -946,9 +1076,12 @@ class TokenStore:
         sealed: bytes,
         preview: str,
         expires_at: int,
-        expected_version: int | None = None,
+        expected_versions: Collection[int] | None = None,
     ) -> Record:
-        expected = "" if expected_version is None else str(expected_version)
+        """Replace a held record's token and expiry. `expected_versions` (an If-Match):
+        None accepts any version; otherwise the record's must be listed, or
+        PreconditionFailed (an empty collection never matches)."""
+        expected = "*" if expected_versions is None else " ".join(str(int(v)) for v in expected_versions)
         reply = self._run(
             "refresh", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH, expected
         )
@@ -956,6 +1089,8 @@ class TokenStore:
             raise NotFound(format_id(number))
         if reply[0] == -1:
             raise PreconditionFailed(int(reply[1]))
+        if reply[0] == -2:
+            raise AlreadyExpired()
         return self._held(reply[1], reply[2])
 
     def get(self, number: int, reveal: bool = False) -> Record | None:

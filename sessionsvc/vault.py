@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from .crypto import Cipher, DecryptionError
 from .store import (
+    IdempotencyClaim,
     NotFound,
     NumberInUse,
     Record,
@@ -86,12 +87,20 @@ class TokenVault:
         token = self.cipher.open(record.sealed_token, record.id, record.user_id)
         return Revealed(record, token, self.cipher.fingerprint(token))
 
-    def save(self, user_id: str, token: str, expires_at: int) -> Record:
+    def save(
+        self, user_id: str, token: str, expires_at: int, idempotency_key: str | None = None, client: str = ""
+    ) -> Record:
+        """Store a token. With an idempotency key (scoped to the calling `client`), a repeat
+        of the same request answers the first one's record (``replayed``) instead."""
+        claim = None
+        if idempotency_key is not None:
+            digests = self.cipher.request_digests(user_id, token, str(expires_at))
+            claim = IdempotencyClaim(f"{client}\x00{idempotency_key}", digests)
         for _ in range(3):
             number = self.store.reserve_number()
             sealed = self.cipher.seal(token, format_id(number), user_id)
             try:
-                return self.store.create(number, user_id, sealed, token_preview(token), expires_at)
+                return self.store.create(number, user_id, sealed, token_preview(token), expires_at, claim)
             except NumberInUse:
                 continue  # a failover lost the counter's last blocks; the store took a new one
         raise StoreUnavailable("number_in_use")
@@ -107,13 +116,19 @@ class TokenVault:
         self.store.create_many(rows)
         return numbers
 
-    def refresh(self, record_id: str, token: str, expires_at: int, expected_version: int | None = None) -> Record:
+    def refresh(
+        self,
+        record_id: str,
+        token: str,
+        expires_at: int,
+        expected_versions: Collection[int] | None = None,
+    ) -> Record:
         number = self._number(record_id)
         user_id = self.store.owner(number)
         if user_id is None:
             raise NotFound(record_id)
         sealed = self.cipher.seal(token, record_id, user_id)
-        return self.store.refresh(number, user_id, sealed, token_preview(token), expires_at, expected_version)
+        return self.store.refresh(number, user_id, sealed, token_preview(token), expires_at, expected_versions)
 
     def reveal(self, record_id: str) -> Revealed:
         record = self.store.get(self._number(record_id), reveal=True)

@@ -1,13 +1,87 @@
-"""An independent reading of the store's key layout, to check its invariants in tests."""
+"""An index checker for tests: every way a record and its index entries could disagree.
+
+Reads the key layout documented in sessionsvc/store.py directly, so it checks the store
+from outside rather than trusting its scripts. Run it on a store nobody is writing to.
+"""
 
 from __future__ import annotations
 
-import redis
+from typing import Any
+
+RECORD_FIELDS = (b"u", b"t", b"p", b"e", b"s", b"c", b"o", b"g")
 
 
-def check_store(raw: redis.Redis, root: str = "{sessionsvc}") -> dict:
-    """Every record is in exactly the three indexes of the current generation and has a TTL;
-    every index entry points at a record. Returns the live record numbers by user."""
+def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
+    """Every inconsistency found (empty when the store is sound):
+
+    - a record hash without a TTL, missing fields, or (in the current generation) missing
+      from any of its three indexes, or indexed with the wrong score;
+    - a record of an older generation whose generation is not queued for reclaim;
+    - an index entry whose record is gone although it has not passed retention.
+    """
+    root = "{" + prefix + "}"
+    generation = int(raw.get(f"{root}:gen") or 0)
+    queued = {int(member) for member in raw.smembers(f"{root}:reclaim")}
+    all_key, exp_key = f"{root}:all:{generation}", f"{root}:exp:{generation}"
+    problems: list[str] = []
+    live: dict[int, str] = {}
+
+    for key in raw.scan_iter(match=f"{root}:r:*", count=1000):
+        number = int(key.rsplit(b":", 1)[1])
+        fields = raw.hgetall(key)
+        death = raw.pexpiretime(key)
+        if not fields or death == -2:
+            continue  # expired while we looked
+        if death == -1:
+            problems.append(f"record {number} has no TTL")
+        missing = [name.decode() for name in RECORD_FIELDS if name not in fields]
+        if missing:
+            problems.append(f"record {number} is missing fields {missing}")
+            continue
+        record_generation = int(fields[b"g"])
+        if record_generation != generation:
+            if record_generation not in queued:
+                problems.append(f"record {number} of generation {record_generation} is not queued for reclaim")
+            continue
+        user = fields[b"u"].decode()
+        version = float(fields[b"o"])
+        live[number] = user
+        if raw.zscore(all_key, number) != version:
+            problems.append(f"record {number} is not in the listing with its version")
+        if raw.zscore(f"{root}:u:{generation}:{user}", number) != version:
+            problems.append(f"record {number} is not in its user's listing with its version")
+        if death != -1 and raw.zscore(exp_key, f"{number}:{user}") != float(death):
+            problems.append(f"record {number} is not in the expiry index with its death")
+
+    entries = {}
+    for member, score in raw.zrange(exp_key, 0, -1, withscores=True):
+        number, _, user = member.decode().partition(":")
+        entries[int(number)] = (user, score)
+    listed = {int(member) for member in raw.zrange(all_key, 0, -1)}
+    by_user: dict[str, set[int]] = {}
+    for user_key in raw.scan_iter(match=f"{root}:u:{generation}:*", count=1000):
+        user = user_key.decode().split(":", 3)[3]
+        by_user[user] = {int(member) for member in raw.zrange(user_key, 0, -1)}
+    now_seconds, now_micros = raw.time()
+    now_ms = now_seconds * 1000 + now_micros // 1000  # read last: a record gone by now has died
+
+    for number in listed - set(entries):
+        problems.append(f"listing entry {number} has no expiry entry")
+    for user, numbers in by_user.items():
+        for number in numbers:
+            if entries.get(number, (None,))[0] != user:
+                problems.append(f"user index {user!r} holds {number} without a matching expiry entry")
+    for number, (user, death) in entries.items():
+        if number in live:
+            continue
+        if death > now_ms:
+            problems.append(f"index entry {number} ({user!r}) outlives its record by {int(death - now_ms)} ms")
+    return problems
+
+
+def check_store(raw: Any, root: str = "{sessionsvc}") -> dict[str, set[str]]:
+    """Assert that every record of the current generation is in exactly its three indexes
+    with a TTL, and every index entry points at a record; returns live numbers by user."""
     gen = (raw.get(f"{root}:gen") or b"0").decode()
     records = {}
     for key in raw.scan_iter(match=f"{root}:r:*", count=1000):

@@ -1,0 +1,199 @@
+"""Idempotent POST and conditional PUT: a client can retry anything without duplicating a
+record or overwriting a change it has not seen. Every test runs on fakeredis and real Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import API, future
+from sessionsvc.crypto import generate_key
+
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
+
+
+def body(**overrides) -> dict:
+    return {"user_id": "usr_9a2f31", "token": JWT, "expires_at": future(3600), **overrides}
+
+
+def total(client) -> int:
+    return client.get(API).json["pagination"]["total"]
+
+
+# --- Idempotency-Key --------------------------------------------------------------------
+
+
+def test_repeated_post_with_the_same_key_and_body_answers_the_original_and_creates_nothing(client):
+    request = body()
+    first = client.post(API, json=request, headers={"Idempotency-Key": "k-1"})
+    again = client.post(API, json=request, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.json == first.json
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert total(client) == 1
+
+
+def test_replay_answers_the_original_even_after_the_record_changed(client):
+    request = body()
+    first = client.post(API, json=request, headers={"Idempotency-Key": "k-1"})
+    record_url = first.headers["Location"]
+    assert client.put(record_url, json={"token": JWT + "x", "expires_at": future(60)}).status_code == 200
+    again = client.post(API, json=request, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 201 and again.json == first.json
+    client.delete(record_url)
+    assert client.post(API, json=request, headers={"Idempotency-Key": "k-1"}).json == first.json
+    assert total(client) == 0
+
+
+def test_same_key_with_a_different_body_is_422_and_creates_nothing(client):
+    client.post(API, json=body(), headers={"Idempotency-Key": "k-1"})
+    for changed in (body(token=JWT + "x"), body(user_id="someone-else"), body(expires_at=future(7200))):
+        response = client.post(API, json=changed, headers={"Idempotency-Key": "k-1"})
+        assert response.status_code == 422
+        assert response.json["message"] and "Idempotency-Key" in response.json["errors"]["headers"]
+        assert JWT not in response.get_data(as_text=True)
+    assert total(client) == 1
+
+
+def test_equal_bodies_written_differently_count_as_the_same_request(client):
+    expires = future(3600)
+    offset_form = expires.replace("Z", "+00:00")
+    first = client.post(API, json=body(expires_at=expires), headers={"Idempotency-Key": "k"})
+    again = client.post(
+        API,
+        data=f'{{"token": "{JWT}", "expires_at": "{offset_form}", "user_id": "usr_9a2f31"}}',
+        headers={"Idempotency-Key": "k", "Content-Type": "application/json"},
+    )
+    assert again.status_code == 201 and again.json["id"] == first.json["id"]
+
+
+def test_different_keys_and_no_key_create_separate_records(client):
+    request = body()
+    ids = {client.post(API, json=request, headers={"Idempotency-Key": key}).json["id"] for key in ("a", "b")}
+    ids |= {client.post(API, json=request).json["id"] for _ in range(2)}
+    assert len(ids) == 4
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "caf\u00e9"])
+def test_malformed_idempotency_key_is_422_naming_the_header(client, key):
+    response = client.post(API, json=body(), headers={"Idempotency-Key": key.encode("utf-8").decode("latin-1")})
+    assert response.status_code == 422
+    assert "Idempotency-Key" in response.json["errors"]["headers"]
+    assert total(client) == 0
+
+
+def test_idempotency_record_expires_with_the_window_and_holds_no_token(make_app, raw):
+    client = make_app(idempotency_seconds=120).test_client()
+    client.post(API, json=body(), headers={"Idempotency-Key": "k-1"})
+    (key,) = raw.keys("{sessionsvc}:idem:*")
+    assert b"k-1" not in key
+    assert 0 < raw.pttl(key) <= 120_000
+    stored = raw.hgetall(key)
+    assert JWT.encode() not in b"".join(stored.values())
+    assert stored[b"f"].startswith(b"test:") and len(stored[b"f"]) == len("test:") + 64  # a keyed digest
+
+
+def test_idempotency_survives_a_key_rotation(make_app):
+    old_key, new_key = generate_key("old"), generate_key("new")
+    request = body()
+    first = make_app(encryption_keys=(old_key,)).test_client().post(API, json=request, headers={"Idempotency-Key": "k"})
+    rotated = make_app(encryption_keys=(new_key, old_key)).test_client()
+    again = rotated.post(API, json=request, headers={"Idempotency-Key": "k"})
+    assert again.status_code == 201 and again.json == first.json
+
+
+def test_idempotency_keys_are_scoped_to_the_api_client(make_app):
+    client = make_app(api_keys=("key-one", "key-two")).test_client()
+    one, two = ({"Authorization": f"Bearer {key}", "Idempotency-Key": "shared"} for key in ("key-one", "key-two"))
+    first = client.post(API, json=body(), headers=one)
+    other = client.post(API, json=body(token=JWT + "x"), headers=two)
+    assert first.status_code == other.status_code == 201
+    assert first.json["id"] != other.json["id"]
+
+
+def test_concurrent_posts_with_one_key_create_exactly_one_record(make_app):
+    apps = [make_app() for _ in range(4)]  # separate apps: separate pools and id blocks, like processes
+    request = body()
+    answers: list = []
+    barrier = threading.Barrier(len(apps) * 2)
+
+    def post(app) -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post(API, json=request, headers={"Idempotency-Key": "race"})
+        answers.append((response.status_code, response.json["id"]))
+
+    threads = [threading.Thread(target=post, args=(app,)) for app in apps for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {status for status, _ in answers} == {201}
+    assert len({record_id for _, record_id in answers}) == 1
+    assert total(apps[0].test_client()) == 1
+
+
+# --- ETag / If-Match --------------------------------------------------------------------
+
+
+def test_every_record_response_carries_its_version_as_etag(client):
+    created = client.post(API, json=body())
+    url = created.headers["Location"]
+    fetched = client.get(url)
+    assert created.headers["ETag"] == fetched.headers["ETag"]
+    refreshed = client.put(url, json={"token": JWT, "expires_at": future()})
+    assert refreshed.headers["ETag"] != fetched.headers["ETag"]
+    assert client.get(url).headers["ETag"] == refreshed.headers["ETag"]
+
+
+def test_put_with_the_current_etag_succeeds(client):
+    url = client.post(API, json=body()).headers["Location"]
+    current = client.get(url).headers["ETag"]
+    response = client.put(url, json={"token": JWT + "2", "expires_at": future()}, headers={"If-Match": current})
+    assert response.status_code == 200
+
+
+def test_put_with_a_stale_etag_is_412_and_changes_nothing(client):
+    url = client.post(API, json=body()).headers["Location"]
+    stale = client.get(url).headers["ETag"]
+    winner = client.put(url, json={"token": JWT + "A", "expires_at": future()}, headers={"If-Match": stale})
+    loser = client.put(url, json={"token": JWT + "B", "expires_at": future()}, headers={"If-Match": stale})
+    assert winner.status_code == 200
+    assert loser.status_code == 412 and loser.json["code"] == 412 and loser.json["message"]
+    assert loser.headers["ETag"] == winner.headers["ETag"]
+    assert client.get(url).json["token"] == JWT + "A"
+
+
+@pytest.mark.parametrize("header, status", [("*", 200), ('"999999", {current}', 200), ('W/{current}', 412),
+                                            ("garbage", 412), ('"998", "999"', 412)])
+def test_if_match_lists_star_and_weak_tags(client, header, status):
+    url = client.post(API, json=body()).headers["Location"]
+    current = client.get(url).headers["ETag"]
+    response = client.put(url, json={"token": JWT, "expires_at": future()},
+                          headers={"If-Match": header.format(current=current)})
+    assert response.status_code == status
+
+
+def test_put_without_if_match_still_works(client):
+    url = client.post(API, json=body()).headers["Location"]
+    assert client.put(url, json={"token": JWT, "expires_at": future()}).status_code == 200
+
+
+def test_if_match_on_an_unknown_record_is_404(client):
+    response = client.put(f"{API}/store_404", json={"token": JWT, "expires_at": future()}, headers={"If-Match": '"1"'})
+    assert response.status_code == 404
+
+
+def test_openapi_documents_idempotency_key_if_match_and_links(client):
+    spec = client.get("/openapi.json").json
+    post = spec["paths"][API]["post"]
+    put = spec["paths"][f"{API}/{{record_id}}"]["put"]
+    assert [p["name"] for p in post["parameters"] if p["in"] == "header"] == ["Idempotency-Key"]
+    assert [p["name"] for p in put["parameters"] if p["in"] == "header"] == ["If-Match"]
+    assert "412" in put["responses"]
+    assert set(post["responses"]["201"]["links"]) == {"GetToken", "RefreshToken", "DeleteToken"}
+    assert {"Location", "ETag"} <= set(post["responses"]["201"]["headers"])
