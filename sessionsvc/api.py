@@ -79,7 +79,7 @@ audit_log = logging.getLogger("sessionsvc.audit")
 EXAMPLE_SUMMARY = {
     "id": "store_001",
     "user_id": "usr_9a2f31",
-    "token_preview": "eyJhbGci...Q3Yk",
+    "token_preview": "eyJhbGci...Q3Yk",  # nosec B105 - the contract's example, not a credential
     "expires_at": "2026-03-26T11:00:00Z",
     "is_valid": True,
     "saved_at": "2026-03-26T08:00:00Z",
@@ -103,10 +103,13 @@ EXAMPLES = {
         "saved_at": "2026-03-26T09:20:00Z",
         "created_at": "2026-03-26T09:20:00Z",
     },
-    "refresh": {"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.refreshed...", "expires_at": "2026-03-26T13:00:00Z"},
+    "refresh": {
+        "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.refreshed...",  # nosec B105 - the contract's example
+        "expires_at": "2026-03-26T13:00:00Z",
+    },
     "refreshed": {
         **EXAMPLE_SUMMARY,
-        "token_preview": "eyJhbGci...Zm2w",
+        "token_preview": "eyJhbGci...Zm2w",  # nosec B105 - the contract's example, not a credential
         "expires_at": "2026-03-26T13:00:00Z",
         "saved_at": "2026-03-26T09:20:01Z",
     },
