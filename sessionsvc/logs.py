@@ -16,6 +16,7 @@ reach a log line through it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
-from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from .config import Config
 
@@ -38,11 +39,16 @@ REQUEST_FIELDS = ("request_id", "method", "route")
 CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 
 
+@functools.lru_cache(maxsize=256)
+def _template(rule: str) -> str:
+    return CONVERTER.sub(r"<\1>", rule)
+
+
 def route_template() -> str:
     """The matched URL rule (``/api/v1/session-storage/<record_id>``, converters left
     out), never the raw path: what log lines and metrics name a request by."""
     rule = request.url_rule
-    return CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else UNMATCHED_ROUTE
+    return _template(rule.rule) if rule is not None else UNMATCHED_ROUTE
 
 
 def human_readable(config: Config, stream: Any = None) -> bool:
@@ -64,8 +70,9 @@ class RequestContext(logging.Filter):
         return True
 
 
-class JsonFormatter(_JsonFormatter):
-    """One JSON object per line: time, level, logger, message, then any extra fields."""
+class JsonFormatter(OrjsonFormatter):
+    """One JSON object per line: time, level, logger, message, then any extra fields
+    (serialised by orjson: the audit line is written on every reveal, a hot path)."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(JSON_FIELDS, rename_fields=JSON_RENAMES, timestamp="time", **kwargs)
