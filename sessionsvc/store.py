@@ -346,6 +346,14 @@ local function load(n, check_death)
   return h
 end
 
+-- Count one reveal of a loaded record: its reveal count and last reveal, in Redis and in
+-- the fields about to be returned.
+local function count_reveal(n, record)
+  record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
+  record[9] = math.floor(now / 1000)
+  redis.call('HSET', rec_key(n), 'rl', record[9])
+end
+
 local function index_add(n, user, save_number, death)
   redis.call('ZADD', all_key, save_number, n)
   redis.call('ZADD', user_key(user), save_number, n)
@@ -428,11 +436,7 @@ _GET = """
 local n = ARGV[2]
 local record = load(n, false)
 if not record then return {now} end
-if ARGV[3] == '1' then
-  record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
-  record[9] = math.floor(now / 1000)
-  redis.call('HSET', rec_key(n), 'rl', record[9])
-end
+if ARGV[3] == '1' then count_reveal(n, record) end
 return {now, record, redis.call('HGET', rec_key(n), 't')}
 """
 
@@ -459,11 +463,7 @@ while true do
     local record = load(n, check)
     if record then
       if ARGV[4] == '0' then return {now, record} end
-      if ARGV[4] == '1' then
-        record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
-        record[9] = math.floor(now / 1000)
-        redis.call('HSET', rec_key(n), 'rl', record[9])
-      end
+      if ARGV[4] == '1' then count_reveal(n, record) end
       return {now, record, redis.call('HGET', rec_key(n), 't')}
     end
   end

@@ -7,14 +7,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+
+from redis_server import free_port, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/local/bin")
 REDIS_CLI = shutil.which("redis-cli") or shutil.which("redis-cli", path="/usr/bin:/usr/local/bin")
@@ -26,33 +26,6 @@ def need_binaries(*names: str) -> None:
     missing = [name for name in names if not found[name]]
     if missing:
         pytest.skip(f"no {', '.join(missing)} binary on this machine (CI installs redis-server and redis-tools)")
-
-
-def free_port(with_bus: bool = False) -> int:
-    """A free loopback port; `with_bus` also needs port + 10000 free (the cluster bus)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if not with_bus:
-            return port
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus, contextlib.suppress(OSError):
-            bus.bind(("127.0.0.1", port + 10000))
-            return port
-    raise RuntimeError("no free port pair")
-
-
-def wait_until(condition, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(redis.RedisError, OSError):
-            value = condition()
-            if value:
-                return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class RedisNode:

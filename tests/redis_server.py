@@ -1,8 +1,10 @@
 """Private redis-servers that a test starts, stops, kills and restarts at will, on free
-loopback ports (never the machine's shared Redis), plus a latency-injecting TCP proxy."""
+loopback ports (never the machine's shared Redis), plus a latency-injecting TCP proxy and
+the small helpers every process-starting test uses (free_port, wait_until)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,10 +20,33 @@ from redis.retry import Retry
 from conftest import REDIS_SERVER
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_port(with_bus: bool = False) -> int:
+    """A free loopback port; `with_bus` also needs port + 10000 free (the cluster bus)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not with_bus:
+            return port
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus, contextlib.suppress(OSError):
+            bus.bind(("127.0.0.1", port + 10000))
+            return port
+    raise RuntimeError("no free port pair")
+
+
+def wait_until(condition, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `condition` until it returns something true (Redis or socket errors count as
+    not yet); its value, or AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, OSError):
+            value = condition()
+            if value:
+                return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class RedisServer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import API, TEST_KEYS, future
-from servers import free_port
+from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.crypto import Cipher, generate_key, parse_key

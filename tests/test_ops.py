@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 
 from conftest import API, TEST_KEYS
-from servers import free_port
+from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import API, REDIS_SERVER, future
-from servers import Gunicorn, RedisServer, wait_until
+from redis_server import RedisServer, wait_until
+from servers import Gunicorn
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server binary on this machine")
 
@@ -21,8 +22,8 @@ REQUESTS_LINE = re.compile(
 
 
 @pytest.fixture
-def redis_server():
-    server = RedisServer().start()
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
 
