@@ -1,6 +1,6 @@
 """An index checker for tests: every way a record and its index entries could disagree.
 
-Reads the key layout documented in sessionsvc/store.py directly, so it checks the store
+Reads the key layout documented in sessionsvc/store/__init__.py directly, so it checks the store
 from outside rather than trusting its scripts. Run it on a store nobody is writing to.
 """
 

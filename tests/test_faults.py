@@ -385,7 +385,7 @@ def test_redis_replies_meaning_not_now_are_classified_unavailable(reply, kind):
     """Replies a failover, a resharding or a full disk produce, parsed as redis-py parses them."""
     from redis._parsers.base import BaseParser
 
-    from sessionsvc.store import _unavailable_kind
+    from sessionsvc.store.client import unavailable_kind as _unavailable_kind
 
     assert _unavailable_kind(BaseParser.parse_error(reply)) == kind
 

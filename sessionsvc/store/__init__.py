@@ -1,4 +1,5 @@
-"""The token store: the only module that speaks Redis.
+"""The token store: the only package that speaks Redis (``scripts`` holds its Lua,
+``client`` builds its Redis clients; this module is the store itself).
 
 Key layout
 ----------
@@ -129,26 +130,17 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import (
-    AskError,
-    BusyLoadingError,
-    ClusterDownError,
-    ClusterError,
-    MasterDownError,
-    MaxConnectionsError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+
+from .client import connect, unavailable_kind
+from .scripts import PRELUDE, SCRIPTS, WRITES, script_source
+
+__all__ = [
+    "AlreadyExpired", "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse",
+    "PreconditionFailed", "Record", "StoreUnavailable", "TokenStore", "connect", "format_id", "parse_id",
+    "script_source",
+]
 
 PRUNE_BATCH = 256
 RECLAIM_BATCH = 1000
@@ -158,11 +150,9 @@ ID_BLOCK = 16
 # bind the new ciphertext to the user (a miss costs one extra round-trip).
 OWNER_CACHE_SIZE = 50_000
 BULK_BATCH = 1000
-RECORD_FIELDS = ("u", "p", "e", "s", "c", "o", "rc", "rl")
 CENSUS_SAMPLE = 200
 SEALED_HEAD_BYTES = 17  # enough for '<key id>:' (key ids are at most 16 characters)
 READ_RETRIES = 2
-HEALTH_CHECK_SECONDS = 30
 # Full jitter: the n-th retry waits a random 0..min(cap, base * 2**n) seconds.
 BACKOFF = ExponentialWithJitterBackoff(base=0.025, cap=0.25)
 
@@ -272,527 +262,6 @@ def parse_id(record_id: str) -> int | None:
     return number if number > 0 and format_id(number) == record_id else None
 
 
-# --- Lua -----------------------------------------------------------------------------
-# Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot), KEYS[2] =
-# {P}:slot-guard (never written; see TokenStore) and ARGV[1] = {P}; the other keys share
-# the hash tag and are built from it.
-
-_PRELUDE = """
-local root = ARGV[1]
-local gen = redis.call('GET', KEYS[1]) or '0'
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local all_key = root .. ':all:' .. gen
-local exp_key = root .. ':exp:' .. gen
-local reclaim_key = root .. ':reclaim'
-local function user_key(user) return root .. ':u:' .. gen .. ':' .. user end
-local function rec_key(n) return root .. ':r:' .. n end
-local function ms(x) return string.format('%d', x) end
-
-local function split(member)
-  local sep = string.find(member, ':', 1, true)
-  return string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-end
-
--- Drop up to `batch` index entries whose records have passed retention.
-local function prune(batch)
-  local dead = redis.call('ZRANGEBYSCORE', exp_key, '-inf', ms(now), 'LIMIT', 0, batch)
-  for _, member in ipairs(dead) do
-    local n, user = split(member)
-    redis.call('ZREM', all_key, n)
-    redis.call('ZREM', user_key(user), n)
-    redis.call('UNLINK', rec_key(n))
-  end
-  if #dead > 0 then
-    redis.call('ZREM', exp_key, unpack(dead))
-    redis.call('INCRBY', root .. ':pruned', #dead)
-  end
-  return #dead
-end
-
--- Free up to `batch` records of a cleared generation.
-local function reclaim(batch)
-  local old = redis.call('SRANDMEMBER', reclaim_key)
-  if not old then return 0 end
-  local old_exp = root .. ':exp:' .. old
-  local members = redis.call('ZRANGE', old_exp, 0, batch - 1)
-  for _, member in ipairs(members) do
-    local n, user = split(member)
-    redis.call('UNLINK', rec_key(n))
-    redis.call('ZREM', root .. ':u:' .. old .. ':' .. user, n)
-    redis.call('ZREM', root .. ':all:' .. old, n)
-  end
-  if #members > 0 then redis.call('ZREM', old_exp, unpack(members)) end
-  if #members < batch then
-    redis.call('UNLINK', root .. ':all:' .. old, old_exp)
-    redis.call('SREM', reclaim_key, old)
-  end
-  return #members
-end
-
-local FIELDS = {'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g'}
-
--- The record's fields if it is held in the current generation (and, when
--- `check_death`, its index entry says it has not passed retention), else nil.
-local function load(n, check_death)
-  local h = redis.call('HMGET', rec_key(n), unpack(FIELDS))
-  if not h[1] or h[9] ~= gen then return nil end
-  if check_death then
-    local death = redis.call('ZSCORE', exp_key, n .. ':' .. h[1])
-    if not death or tonumber(death) <= now then return nil end
-  end
-  h[9] = nil
-  table.insert(h, 1, n)
-  return h
-end
-
--- Count one reveal of a loaded record: its reveal count and last reveal, in Redis and in
--- the fields about to be returned.
-local function count_reveal(n, record)
-  record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
-  record[9] = math.floor(now / 1000)
-  redis.call('HSET', rec_key(n), 'rl', record[9])
-end
-
-local function index_add(n, user, save_number, death)
-  redis.call('ZADD', all_key, save_number, n)
-  redis.call('ZADD', user_key(user), save_number, n)
-  redis.call('ZADD', exp_key, ms(death), n .. ':' .. user)
-end
-
-local function save_fields(n, user, blob, preview, expires, save_number, death)
-  local saved = math.floor(now / 1000)
-  redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
-             's', saved, 'o', save_number, 'g', gen)
-  redis.call('PEXPIREAT', rec_key(n), ms(death))
-  index_add(n, user, save_number, death)
-end
-
-local function dead_count()
-  return redis.call('ZCOUNT', exp_key, '-inf', ms(now))
-end
-"""
-
-# ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
-#       idempotency key hash ('' = none), request digests (space-separated, the first is
-#       stored), idempotency window (ms)
-# -> {1, now, record} created | {2, then, record} replayed | {-1} key used for another
-#    request | {-2} already dead by Redis's clock
-_CREATE = """
-local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
-local idem_key = nil
-if ARGV[9] ~= '' then
-  idem_key = root .. ':idem:' .. ARGV[9]
-  local held = redis.call('HMGET', idem_key, 'f', 'at', 'n', 'u', 'p', 'e', 's', 'c', 'o')
-  if held[1] then
-    if not string.find(' ' .. ARGV[10] .. ' ', ' ' .. held[1] .. ' ', 1, true) then return {-1} end
-    return {2, tonumber(held[2]), {held[3], held[4], held[5], held[6], held[7], held[8], held[9], false, false}}
-  end
-end
-local death = expires * 1000 + tonumber(ARGV[7])
-if death <= now then return {-2} end
-if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply('record number in use') end
-local save_number = redis.call('INCR', root .. ':saves')
-save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
-redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
-local record = load(n, false)
-if idem_key then
-  local digest = string.match(ARGV[10], '^%S+')
-  redis.call('HSET', idem_key, 'f', digest, 'at', ms(now), 'n', n, 'u', user, 'p', ARGV[5], 'e', ARGV[6],
-             's', record[5], 'c', record[6], 'o', save_number)
-  redis.call('PEXPIRE', idem_key, ARGV[11])
-end
-prune(tonumber(ARGV[8]))
-if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {1, now, record}
-"""
-
-# ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
-#       expected versions ('*' = any, else space-separated; none listed never matches)
-# -> {1, now, record} | {0} not found | {-1, version} precondition failed
-#    | {-2} already dead by Redis's clock
-_REFRESH = """
-local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
-local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
-if not held[1] or held[2] ~= gen or held[1] ~= user then return {0} end
--- Redis expires a key only once its time is strictly past (and by the script's start
--- time); by this store's clock a record is dead from its death on: never revive it.
-local held_death = redis.call('ZSCORE', exp_key, n .. ':' .. user)
-if not held_death or tonumber(held_death) <= now then return {0} end
-if ARGV[9] ~= '*' and not string.find(' ' .. ARGV[9] .. ' ', ' ' .. held[3] .. ' ', 1, true) then
-  return {-1, tonumber(held[3])}
-end
-local death = expires * 1000 + tonumber(ARGV[7])
-if death <= now then return {-2} end
-local save_number = redis.call('INCR', root .. ':saves')
-save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
-prune(tonumber(ARGV[8]))
-if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {1, now, load(n, false)}
-"""
-
-# ARGV: root, n, reveal ('1' counts a reveal; '0' writes nothing) -> {now, record, sealed token} | {now}
-_GET = """
-local n = ARGV[2]
-local record = load(n, false)
-if not record then return {now} end
-if ARGV[3] == '1' then count_reveal(n, record) end
-return {now, record, redis.call('HGET', rec_key(n), 't')}
-"""
-
-# ARGV: root, n -> user id | false
-_OWNER = """
-local held = redis.call('HMGET', rec_key(ARGV[2]), 'u', 'g')
-if not held[1] or held[2] ~= gen then return false end
-return held[1]
-"""
-
-# ARGV: root, user ('' = all), prune batch, reveal ('1' returns the sealed token and
-# counts a reveal, '2' returns it uncounted, '0' not at all) -> {now, record[, sealed token]} | {now}
-# With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
-_CURRENT = """
-prune(tonumber(ARGV[3]))
-local index = all_key
-if ARGV[2] ~= '' then index = user_key(ARGV[2]) end
-local check = dead_count() > 0
-local position = 0
-while true do
-  local numbers = redis.call('ZREVRANGE', index, position, position + 15)
-  if #numbers == 0 then return {now} end
-  for _, n in ipairs(numbers) do
-    local record = load(n, check)
-    if record then
-      if ARGV[4] == '0' then return {now, record} end
-      if ARGV[4] == '1' then count_reveal(n, record) end
-      return {now, record, redis.call('HGET', rec_key(n), 't')}
-    end
-  end
-  position = position + 16
-end
-"""
-
-# ARGV: root, user ('' = all), offset, limit, prune batch -> {now, total, record...}
-# With prune batch 0 it writes nothing (so it runs on replicas).
-_PAGE = """
-prune(tonumber(ARGV[5]))
-local user, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local index = all_key
-if user ~= '' then index = user_key(user) end
-local dead = dead_count()
-local reply = {now, 0}
-if dead == 0 then
-  reply[2] = redis.call('ZCARD', index)
-  for _, n in ipairs(redis.call('ZREVRANGE', index, offset, offset + limit - 1)) do
-    local record = load(n, false)
-    if record then reply[#reply + 1] = record end
-  end
-  return reply
-end
--- A burst of expiries outran pruning: walk the index, skipping dead entries.
-local seen, position = 0, 0
-while true do
-  local numbers = redis.call('ZREVRANGE', index, position, position + 255)
-  if #numbers == 0 then break end
-  for _, n in ipairs(numbers) do
-    local record = load(n, true)
-    if record then
-      if seen >= offset and #reply - 2 < limit then reply[#reply + 1] = record end
-      seen = seen + 1
-    end
-  end
-  if user == '' and #reply - 2 >= limit then break end
-  position = position + 256
-end
-if user == '' then
-  reply[2] = redis.call('ZCARD', all_key) - dead
-else
-  reply[2] = seen
-end
-return reply
-"""
-
-# ARGV: root, n -> 1 deleted | 0 not held
-_DELETE = """
-local n = ARGV[2]
-local held = redis.call('HMGET', rec_key(n), 'u', 'g')
-if not held[1] or held[2] ~= gen then return 0 end
-redis.call('UNLINK', rec_key(n))
-redis.call('ZREM', all_key, n)
-redis.call('ZREM', user_key(held[1]), n)
-redis.call('ZREM', exp_key, n .. ':' .. held[1])
-return 1
-"""
-
-# ARGV: root -> number of live records made invisible
-_CLEAR_ALL = """
-local live = redis.call('ZCARD', all_key) - dead_count()
-redis.call('INCR', KEYS[1])
-if redis.call('EXISTS', exp_key) == 1 or redis.call('EXISTS', all_key) == 1 then
-  redis.call('SADD', reclaim_key, gen)
-end
-return live
-"""
-
-# ARGV: root, user -> number of live records deleted
-_CLEAR_USER = """
-local user = ARGV[2]
-local live = 0
-for _, n in ipairs(redis.call('ZRANGE', user_key(user), 0, -1)) do
-  local member = n .. ':' .. user
-  local death = redis.call('ZSCORE', exp_key, member)
-  if death and tonumber(death) > now then live = live + 1 end
-  redis.call('UNLINK', rec_key(n))
-  redis.call('ZREM', all_key, n)
-  redis.call('ZREM', exp_key, member)
-end
-redis.call('UNLINK', user_key(user))
-return live
-"""
-
-# ARGV: root, batch -> entries freed (0 when nothing is left to reclaim)
-_RECLAIM = """
-return reclaim(tonumber(ARGV[2]))
-"""
-
-# ARGV: root, position, count
-# -> {entries read, n, user, sealed token, ...} for held records of this generation
-_SCAN = """
-local numbers = redis.call('ZRANGE', all_key, ARGV[2], ARGV[2] + ARGV[3] - 1)
-local reply = {#numbers}
-for _, n in ipairs(numbers) do
-  local held = redis.call('HMGET', rec_key(n), 'u', 't', 'g')
-  if held[1] and held[3] == gen then
-    reply[#reply + 1] = n
-    reply[#reply + 1] = held[1]
-    reply[#reply + 1] = held[2]
-  end
-end
-return reply
-"""
-
-# ARGV: root, n, old sealed token, new sealed token -> 1 replaced | 0 record changed meanwhile
-_RESEAL = """
-local n = ARGV[2]
-local held = redis.call('HMGET', rec_key(n), 't', 'g')
-if held[1] ~= ARGV[3] or held[2] ~= gen then return 0 end
-redis.call('HSET', rec_key(n), 't', ARGV[4])
-return 1
-"""
-
-# ARGV: root, sample size -> {live records, entries pruned so far, sealed-token head...}
-_CENSUS = """
-local reply = {redis.call('ZCARD', all_key) - dead_count(),
-               tonumber(redis.call('GET', root .. ':pruned') or '0')}
-for _, n in ipairs(redis.call('ZRANDMEMBER', all_key, tonumber(ARGV[2]))) do
-  local held = redis.call('HMGET', rec_key(n), 'g', 't')
-  if held[1] == gen and held[2] then reply[#reply + 1] = string.sub(held[2], 1, tonumber(ARGV[3])) end
-end
-return reply
-"""
-
-# ARGV: root, batch -> index entries pruned
-_PRUNE = """
-return prune(tonumber(ARGV[2]))
-"""
-
-# ARGV: root, retention (ms), repair ('1' fixes), record number...
-# -> {records missing from an index, records without a TTL, records of a stale generation}
-_CHECK_RECORDS = """
-local retention, repair = tonumber(ARGV[2]), ARGV[3] == '1'
-local unindexed, no_ttl, stale = 0, 0, 0
-for i = 4, #ARGV do
-  local n = ARGV[i]
-  local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o', 'e')
-  local user = held[1]
-  if user and held[2] ~= gen then
-    if not held[2] or redis.call('SISMEMBER', reclaim_key, held[2]) == 0 then
-      stale = stale + 1
-      if repair then redis.call('UNLINK', rec_key(n)) end
-    end
-  elseif user then
-    local ttl = redis.call('PTTL', rec_key(n))
-    local death = now + ttl
-    if ttl < 0 then
-      no_ttl = no_ttl + 1
-      death = tonumber(held[4] or '0') * 1000 + retention
-      if repair then redis.call('PEXPIREAT', rec_key(n), ms(death)) end
-    end
-    if not redis.call('ZSCORE', all_key, n) or not redis.call('ZSCORE', user_key(user), n)
-        or not redis.call('ZSCORE', exp_key, n .. ':' .. user) then
-      unindexed = unindexed + 1
-      if repair then index_add(n, user, tonumber(held[3] or '0'), death) end
-    end
-  end
-end
-return {unindexed, no_ttl, stale}
-"""
-
-# ARGV: root, repair ('1' removes), index ('all' | 'exp' | 'user'), user, position, count
-# -> {entries read, entries whose record is not held}
-_CHECK_ENTRIES = """
-local repair, kind, user = ARGV[2] == '1', ARGV[3], ARGV[4]
-local index = all_key
-if kind == 'exp' then index = exp_key elseif kind == 'user' then index = user_key(user) end
-local members = redis.call('ZRANGE', index, ARGV[5], ARGV[5] + ARGV[6] - 1)
-local dangling = 0
-for _, member in ipairs(members) do
-  local n, owner = member, user
-  if kind == 'exp' then n, owner = split(member) end
-  local held = redis.call('HMGET', rec_key(n), 'u', 'g')
-  if not held[1] or held[2] ~= gen or (kind ~= 'all' and held[1] ~= owner) then
-    dangling = dangling + 1
-    if repair then redis.call('ZREM', index, member) end
-  end
-end
-return {#members, dangling}
-"""
-
-_SCRIPTS = {
-    "create": _CREATE,
-    "refresh": _REFRESH,
-    "get": _GET,
-    "owner": _OWNER,
-    "current": _CURRENT,
-    "page": _PAGE,
-    "delete": _DELETE,
-    "clear_all": _CLEAR_ALL,
-    "clear_user": _CLEAR_USER,
-    "reclaim": _RECLAIM,
-    "scan": _SCAN,
-    "reseal": _RESEAL,
-    "census": _CENSUS,
-    "prune": _PRUNE,
-    "check_records": _CHECK_RECORDS,
-    "check_entries": _CHECK_ENTRIES,
-}
-
-
-def script_source(name: str) -> str:
-    """The full Lua text of one of the store's scripts (the benchmark baseline runs them too)."""
-    return _PRELUDE + _SCRIPTS[name]
-
-
-# Replies meaning Redis cannot serve the command now; the kind names the reason. The
-# cluster kinds occur while the store's slot moves between masters or a master fails over.
-
-
-# Redis saying "not now" rather than "wrong". Typed errors first, most specific first
-# (BusyLoadingError and MaxConnectionsError are ConnectionErrors too); redis-py strips
-# the code from the message of the typed ones.
-_UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
-    (BusyLoadingError, "loading"),
-    (MaxConnectionsError, "pool_exhausted"),
-    (ReadOnlyError, "read_only"),
-    (OutOfMemoryError, "oom"),
-    (MasterDownError, "masterdown"),
-    (ClusterDownError, "clusterdown"),
-    (TryAgainError, "tryagain"),
-    (RedisTimeoutError, "timeout"),
-    (RedisConnectionError, "connection"),
-    (AskError, "migrating"),
-    (ClusterError, "cluster"),
-    (RedisClusterException, "cluster"),
-)
-_UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS", "MISCONF")
-
-# Scripts that change records: with SESSIONSVC_MIN_REPLICAS_ACK they are followed by WAIT.
-_WRITES = frozenset({"create", "refresh", "delete", "clear_all", "clear_user", "reseal"})
-
-
-def _unavailable_kind(error: Exception) -> str | None:
-    for error_type, kind in _UNAVAILABLE:
-        if isinstance(error, error_type):
-            return kind
-    if isinstance(error, ResponseError):
-        text = str(error)
-        if text.startswith(_UNAVAILABLE_REPLIES):
-            return text.split(" ", 1)[0].lower()
-        if "non local key" in text:
-            # A script touched a key whose slot is being migrated (Redis aborts it there).
-            return "migrating"
-    return None
-
-
-def _node_options(redis_url: str | None) -> dict[str, Any]:
-    """Credentials, db and TLS settings of a redis:// or rediss:// URL, without its address
-    (Sentinel finds the address; the URL says how to log in)."""
-    if not redis_url:
-        return {}
-    options = redis.connection.parse_url(redis_url)
-    for address_part in ("host", "port", "path"):
-        options.pop(address_part, None)
-    if options.pop("connection_class", None) is redis.connection.SSLConnection:
-        options["ssl"] = True
-    return options
-
-
-def connect(
-    redis_url: str | None,
-    *,
-    timeout_seconds: float = 1.0,
-    max_connections: int = 50,
-    sentinels: tuple[str, ...] = (),
-    sentinel_service: str = "mymaster",
-    sentinel_password: str | None = None,
-    cluster: bool = False,
-    read_from_replicas: bool = False,
-) -> tuple[Any, Any | None]:
-    """Redis clients for the configured topology: (primary, replicas). ``replicas`` is
-    where read-only scripts go when reads may use replicas, else None. With no Redis
-    configured, the primary is an in-process fakeredis.
-
-    Timeouts are short and explicit (and well below gunicorn's worker timeout) so a dead
-    or stalled Redis gives a quick 503 instead of a hung worker; TCP keepalive and a PING
-    on connections idle for ``health_check_interval`` seconds find dead peers before a
-    request does. The pool is bounded and raises ``MaxConnectionsError`` at once when
-    exhausted (a blocking pool would queue requests behind a slow Redis). The client
-    retries nothing (a repeated script could apply twice): ``TokenStore`` retries what is
-    safe to repeat.
-    """
-    options: dict[str, Any] = {
-        "socket_timeout": timeout_seconds,
-        "socket_connect_timeout": timeout_seconds,
-        "socket_keepalive": True,
-        "health_check_interval": HEALTH_CHECK_SECONDS,
-        "retry": Retry(NoBackoff(), 0),
-        "max_connections": max_connections,
-    }
-    if redis_url is None and not sentinels:
-        import fakeredis
-
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer()), None
-    if sentinels:
-        from redis.sentinel import Sentinel
-
-        node_options = _node_options(redis_url)
-        tls = {name: value for name, value in node_options.items() if name.startswith("ssl")}
-        addresses = [(host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)]
-        sentinel = Sentinel(
-            addresses,
-            sentinel_kwargs={
-                "socket_timeout": timeout_seconds,
-                "socket_connect_timeout": timeout_seconds,
-                "password": sentinel_password,
-                **tls,
-            },
-        )
-        primary = sentinel.master_for(sentinel_service, **node_options, **options)
-        replicas = sentinel.slave_for(sentinel_service, **node_options, **options) if read_from_replicas else None
-        return primary, replicas
-    if cluster:
-        from redis.cluster import LoadBalancingStrategy, RedisCluster
-
-        options.pop("health_check_interval")
-        if read_from_replicas:
-            # Only read-only commands (EVALSHA_RO here) are balanced over the replicas.
-            options["load_balancing_strategy"] = LoadBalancingStrategy.ROUND_ROBIN_REPLICAS
-        client = RedisCluster.from_url(redis_url, **options)
-        return client, client if read_from_replicas else None
-    if redis_url.startswith("unix:"):
-        options.pop("socket_keepalive")  # a TCP option: the socket connection refuses it
-    return redis.Redis.from_url(redis_url, **options), None
-
-
 class TokenStore:
     """Records and their indexes in one Redis (or Cluster slot), under one key prefix.
 
@@ -825,7 +294,7 @@ class TokenStore:
         # the node that holds only part of the store.
         self._keys = [self.root + ":gen", self.root + ":slot-guard"]
         self.idempotency_ms = max(1, idempotency_seconds) * 1000
-        self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in _SCRIPTS.items()}
+        self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
         self._id_lock = threading.Lock()
         self._next_number = 0
         self._block_end = 0
@@ -854,7 +323,7 @@ class TokenStore:
                     failed_kind = error.kind
                     raise
                 except (RedisError, RedisClusterException) as error:
-                    kind = _unavailable_kind(error) or ("error" if any_error else None)
+                    kind = unavailable_kind(error) or ("error" if any_error else None)
                     failed_kind = kind or "error"
                     if kind is None:
                         raise
@@ -892,7 +361,7 @@ class TokenStore:
     def _run(self, name: str, *args: Any, retry: bool = False) -> Any:
         """A script on the primary; writes wait for replicas when so configured."""
         script, argv = self._scripts[name], [self.root, *args]
-        if self.min_replicas_ack and name in _WRITES:
+        if self.min_replicas_ack and name in WRITES:
             return self._attempt(
                 name,
                 lambda: self._acknowledged(lambda pipe: pipe.evalsha(script.sha, len(self._keys), *self._keys, *argv)),
@@ -1197,6 +666,3 @@ class TokenStore:
         keys = self.client.scan_iter(match=pattern, count=batch)
         while chunk := self._attempt("scan_keys", lambda: list(itertools.islice(keys, batch)), any_error=True):
             yield chunk
-
-
-StoreFactory = Callable[[], TokenStore]
