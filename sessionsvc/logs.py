@@ -21,6 +21,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
@@ -46,9 +47,15 @@ def _template(rule: str) -> str:
 
 def route_template() -> str:
     """The matched URL rule (``/api/v1/session-storage/<record_id>``, converters left
-    out), never the raw path: what log lines and metrics name a request by."""
-    rule = request.url_rule
-    return _template(rule.rule) if rule is not None else UNMATCHED_ROUTE
+    out), never the raw path: what log lines and metrics name a request by. Worked out
+    once per request and kept in the environ, where gunicorn's access line reads it."""
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    environ = current.environ
+    route = environ.get(ROUTE_ENVIRON_KEY)
+    if route is None:
+        rule = current.url_rule
+        route = environ[ROUTE_ENVIRON_KEY] = _template(rule.rule) if rule is not None else UNMATCHED_ROUTE
+    return route
 
 
 def human_readable(config: Config, stream: Any = None) -> bool:
@@ -65,7 +72,7 @@ class RequestContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if has_request_context():
             record.request_id = g.get("request_id")
-            record.method = request.method
+            record.method = request._get_current_object().method  # type: ignore[attr-defined]
             record.route = route_template()
         return True
 
@@ -76,11 +83,29 @@ class JsonFormatter(OrjsonFormatter):
 
     def __init__(self, **kwargs: Any):
         super().__init__(JSON_FIELDS, rename_fields=JSON_RENAMES, timestamp="time", **kwargs)
+        self._direct = not (self.defaults or self.static_fields or self.prefix or self.rename_fields_keep_missing)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The plain line (a text message, no exception or stack) built directly: the
+        same fields in the same order as python-json-logger's general path, which the
+        rest still takes (tests/test_ops.py compares the two)."""
+        if not self._direct or isinstance(record.msg, dict) or record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = message = record.getMessage()
+        log_data: dict[str, Any] = {"level": record.levelname, "logger": record.name, "message": message}
+        skip = self._skip_fields
+        for key, value in record.__dict__.items():
+            if key not in skip and not key.startswith("_"):
+                log_data[key] = value
+        log_data["time"] = datetime.fromtimestamp(record.created, tz=UTC)
+        return self.jsonify_log_record(log_data)
 
 
 class AccessJsonFormatter(JsonFormatter):
     """gunicorn's access line as JSON fields, picked from its atoms (never ``r``, ``q`` or
     request headers, which could hold a query string or credentials)."""
+
+    format = OrjsonFormatter.format  # the general path, through add_fields below
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         super().add_fields(log_data, record, message_dict)
@@ -160,5 +185,5 @@ def install(app: Flask, config: Config) -> None:
 
     @app.after_request
     def leave_route_for_access_log(response: Response) -> Response:
-        request.environ[ROUTE_ENVIRON_KEY] = route_template()
+        route_template()
         return response

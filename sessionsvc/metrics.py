@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -57,9 +58,18 @@ REDIS_ERRORS = Counter(
 metrics = Blueprint("metrics", __name__)
 
 
+# Labelled children, looked up once per label set (labels() takes a lock and builds a
+# key each call). The label sets are few and fixed: routes, methods, statuses, operations.
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_store_children: dict[str, Any] = {}
+
+
 def observe_store(operation: str, seconds: float, error_kind: str | None) -> None:
     """The store's observer: latency per operation, and failures by kind."""
-    STORE_LATENCY.labels(operation).observe(seconds)
+    child = _store_children.get(operation)
+    if child is None:
+        child = _store_children[operation] = STORE_LATENCY.labels(operation)
+    child.observe(seconds)
     if error_kind is not None:
         REDIS_ERRORS.labels(error_kind).inc()
 
@@ -121,8 +131,12 @@ def install(app: Flask) -> None:
     @app.after_request
     def count_request(response: Response) -> Response:
         started = g.get("started")
-        labels = (request.method, route_template(), str(response.status_code))
-        HTTP_REQUESTS.labels(*labels).inc()
+        labels = (request.method, route_template(), response.status_code)
+        children = _request_children.get(labels)
+        if children is None:
+            names = (labels[0], labels[1], str(labels[2]))
+            children = _request_children[labels] = (HTTP_REQUESTS.labels(*names), HTTP_LATENCY.labels(*names))
+        children[0].inc()
         if started is not None:
-            HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+            children[1].observe(time.perf_counter() - started)
         return response

@@ -7,10 +7,12 @@ import io
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import fakeredis
 import pytest
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from conftest import API, TEST_KEYS
 from redis_server import free_port
@@ -202,6 +204,25 @@ def test_app_log_lines_carry_the_request_context(app):
     assert inside["request_id"] == "rid-ctx" and inside["route"] == API + "/<record_id>"
     assert inside["method"] == "GET" and inside["record_id"] == "store_001"
     assert "request_id" not in outside and outside["message"] == "outside"
+
+
+def test_json_lines_are_the_ones_python_json_logger_writes(app):
+    formatter = JsonFormatter()
+    general = OrjsonFormatter.format  # the library's own path, which the direct one mirrors
+    extra = {"event": "token_revealed", "record_id": "store_001", "client_key_id": None, "reveal_count": 2}
+    plain = logging.LogRecord("sessionsvc.audit", logging.INFO, __file__, 1, "token %s", ("revealed",), None)
+    plain.__dict__.update(extra)
+    with app.test_request_context(f"{API}/store_001"):
+        app.preprocess_request()
+        RequestContext().filter(plain)
+    assert formatter.format(plain) == general(formatter, plain)
+    assert json.loads(formatter.format(plain))["message"] == "token revealed"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("sessionsvc", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert formatter.format(failed) == general(formatter, failed)
+    assert "exc_info" in json.loads(formatter.format(failed))
 
 
 class Terminal(io.StringIO):

@@ -86,6 +86,17 @@ def test_malformed_idempotency_key_is_422_naming_the_header(client, key):
     assert total(client) == 0
 
 
+def test_posts_without_a_key_do_not_change_how_a_later_key_is_read(client):
+    assert client.post(API, json=body()).status_code == 201  # no header: parsed once, then reused
+    assert client.post(API, json=body(), headers={"Idempotency-Key": ""}).status_code == 422
+    request = body()
+    first = client.post(API, json=request, headers={"Idempotency-Key": "k-late"})
+    again = client.post(API, json=request, headers={"Idempotency-Key": "k-late"})
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json["id"] == first.json["id"]
+    assert "Idempotent-Replayed" not in client.post(API, json=body()).headers
+    assert total(client) == 3
+
+
 def test_idempotency_record_expires_with_the_window_and_holds_no_token(make_app, raw):
     client = make_app(idempotency_seconds=120).test_client()
     client.post(API, json=body(), headers={"Idempotency-Key": "k-1"})
