@@ -60,6 +60,8 @@ metrics = Blueprint("metrics", __name__)
 
 # Labelled children, looked up once per label set (labels() takes a lock and builds a
 # key each call). The label sets are few and fixed: routes, methods, statuses, operations.
+# Any other method a client invents is counted as OTHER: labels must not grow without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 _store_children: dict[str, Any] = {}
 
@@ -131,7 +133,8 @@ def install(app: Flask) -> None:
     @app.after_request
     def count_request(response: Response) -> Response:
         started = g.get("started")
-        labels = (request.method, route_template(), response.status_code)
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
+        labels = (method, route_template(), response.status_code)
         children = _request_children.get(labels)
         if children is None:
             names = (labels[0], labels[1], str(labels[2]))

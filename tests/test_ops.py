@@ -239,3 +239,11 @@ def test_text_logs_only_at_a_development_terminal_unless_configured():
     record = logging.LogRecord("sessionsvc", logging.INFO, __file__, 1, "hello", None, None)
     record.request_id = "rid-text"
     assert TextFormatter().format(record).endswith("sessionsvc: hello [request_id=rid-text]")
+
+
+def test_invented_http_methods_do_not_grow_metric_labels(client):
+    for method in ("FOO", "BAR", "X" * 40):
+        assert client.open(API, method=method).status_code == 405
+    body = client.get("/metrics").get_data(as_text=True)
+    assert metric(body, "sessionsvc_http_requests_total", method="OTHER", route="<unmatched>", status="405") >= 3
+    assert 'method="FOO"' not in body and 'method="BAR"' not in body
