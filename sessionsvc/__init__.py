@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from inspect import iscoroutinefunction
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
@@ -17,30 +16,6 @@ from .crypto import generate_key
 log = logging.getLogger("sessionsvc")
 
 DEV_KEYS_FILE = "dev-encryption-keys"
-
-
-class ServiceFlask(Flask):
-    """Flask, remembering which functions are coroutines: Flask asks `inspect` before
-    every call of every hook and view (about fifteen times a request), and for a given
-    function the answer never changes."""
-
-    COROUTINE_CACHE_SIZE = 1024
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._coroutines: dict[Any, bool] = {}
-
-    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        key = getattr(func, "__func__", func)  # a view's bound method is new each request
-        try:
-            coroutine = self._coroutines.get(key)
-        except TypeError:  # an unhashable callable: ask every time
-            return super().ensure_sync(func)
-        if coroutine is None:
-            if len(self._coroutines) >= self.COROUTINE_CACHE_SIZE:
-                self._coroutines.clear()
-            coroutine = self._coroutines[key] = iscoroutinefunction(func)
-        return self.async_to_sync(func) if coroutine else func
 
 
 def development_keys(instance_path: str) -> tuple[str, ...]:
@@ -79,7 +54,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         config = Config.from_env(config)
     config.check()
 
-    app = ServiceFlask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_relative_config=True)
     logs.install(app, config)
     app.json = OrjsonProvider(app)
     app.config.update(

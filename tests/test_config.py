@@ -101,23 +101,3 @@ def test_separate_key_prefixes_are_separate_stores(real_redis, tmp_path):
     assert tenant_a.get(API).json["pagination"]["total"] == 1
     assert {key.split(b":")[0] for key in real_redis.keys("*")} == {b"{tenant-a}", b"{tenant-b}"}
 
-
-def test_the_app_still_tells_coroutines_from_plain_functions(app):
-    def plain():
-        return "plain"
-
-    async def coroutine():
-        return "coroutine"
-
-    class Holder:
-        async def method(self):
-            return "method"
-
-    assert app.ensure_sync(plain) is plain and app.ensure_sync(plain) is plain  # asked, then remembered
-    for func in (coroutine, coroutine, Holder().method, Holder().method):
-        try:
-            wrapped = app.ensure_sync(func)
-        except RuntimeError as error:  # Flask's async support needs asgiref, not installed here
-            assert "async" in str(error)
-        else:
-            assert wrapped is not func
