@@ -40,7 +40,8 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     # Imported here, not at the top: gunicorn's master imports sessionsvc.logs for its
     # logging setup and must not import redis before a gevent worker patches sockets.
     from . import cli, edge, limits, metrics
-    from .api import RECORD_ID_SCHEMA, RecordIdConverter, blp
+    from .api import RecordIdConverter, blp
+    from .apidoc import RECORD_ID_SCHEMA
     from .crypto import Cipher
     from .errors import ServiceApi, register_error_handlers
     from .jsonprovider import OrjsonProvider

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from flask import Response, after_this_request, current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from marshmallow import Schema
-from webargs.flaskparser import FlaskParser
 from werkzeug.routing import BaseConverter
 
+from .apidoc import (
+    BODY_ERRORS,
+    CLEARED_MESSAGE,
+    COMMON_ERRORS,
+    CREATED_HEADERS,
+    CREATED_LINKS,
+    ETAG_HEADER,
+    EXAMPLES,
+    FETCHED_LINKS,
+    LINK_HEADER,
+)
 from .errors import ERROR_RESPONSES
+from .parsing import QueryParser
 from .schemas import (
-    EXAMPLE_TOKEN,
     Cleared,
     CurrentToken,
     Deleted,
@@ -35,50 +43,6 @@ from .store import Record
 from .vault import Revealed, TokenVault
 
 PREFIX = "/api/v1/session-storage"
-CLEARED_MESSAGE = "All session tokens cleared from secure storage"
-
-QUERY_CACHE_SIZE = 1024
-
-
-class QueryParser(FlaskParser):
-    """webargs' parser that validates each distinct query string once per process: query
-    strings repeat (none at all, ``page=1&limit=20``) and the query schemas are pure
-    functions of them. Invalid ones are never cached, so they fail every time.
-
-    Header schemas are pure functions of the headers they declare; the usual request
-    sends none of them (no ``Idempotency-Key``, no ``If-Match``), and that one case is
-    cached too. Present values vary per request, so those are parsed every time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parsed: dict[tuple[int, str, bytes], dict] = {}
-        self._header_names: dict[int, tuple[str, ...]] = {}
-
-    def _cache_key(self, argmap: Schema, req: Any, location: str | None) -> bytes | None:
-        if location == "query":
-            return req.query_string
-        names = self._header_names.get(id(argmap))
-        if names is None:
-            names = tuple(field.data_key or name for name, field in argmap.fields.items())
-            self._header_names[id(argmap)] = names
-        return None if any(name in req.headers for name in names) else b""
-
-    def parse(self, argmap: Any, req: Any = None, *, location: str | None = None, **kwargs: Any) -> Any:
-        if location not in ("query", "headers") or not isinstance(argmap, Schema) or kwargs.get("validate"):
-            return super().parse(argmap, req, location=location, **kwargs)
-        current = req or request
-        value = self._cache_key(argmap, current, location)
-        if value is None:
-            return super().parse(argmap, req, location=location, **kwargs)
-        key = (id(argmap), location, value)
-        parsed = self._parsed.get(key)
-        if parsed is None:
-            parsed = super().parse(argmap, req, location=location, **kwargs)
-            if len(self._parsed) >= QUERY_CACHE_SIZE:
-                self._parsed.clear()
-            self._parsed[key] = parsed
-        return dict(parsed)
-
 
 class ServiceBlueprint(Blueprint):
     ARGUMENTS_PARSER = QueryParser()
@@ -93,83 +57,6 @@ blp = ServiceBlueprint(
 
 
 audit_log = logging.getLogger("sessionsvc.audit")
-# What the contract shows for each operation, served as the OpenAPI examples.
-EXAMPLE_SUMMARY = {
-    "id": "store_001",
-    "user_id": "usr_9a2f31",
-    "token_preview": "eyJhbGci...Q3Yk",  # nosec B105 - the contract's example, not a credential
-    "expires_at": "2026-03-26T11:00:00Z",
-    "is_valid": True,
-    "saved_at": "2026-03-26T08:00:00Z",
-}
-EXAMPLES = {
-    "list": {"data": [EXAMPLE_SUMMARY], "pagination": {"page": 1, "limit": 20, "total": 1}},
-    "detail": {
-        "id": "store_001",
-        "user_id": "usr_9a2f31",
-        "token": EXAMPLE_TOKEN,
-        "expires_at": "2026-03-26T11:00:00Z",
-        "is_valid": True,
-        "saved_at": "2026-03-26T08:00:00Z",
-    },
-    "current": {"token": EXAMPLE_TOKEN, "expires_at": "2026-03-26T11:00:00Z", "is_valid": True},
-    "validity": {"is_valid": True, "expires_at": "2026-03-26T11:00:00Z", "seconds_remaining": 3540},
-    "create": {"user_id": "usr_9a2f31", "token": EXAMPLE_TOKEN, "expires_at": "2026-03-26T11:00:00Z"},
-    "created": {
-        **EXAMPLE_SUMMARY,
-        "id": "store_002",
-        "saved_at": "2026-03-26T09:20:00Z",
-        "created_at": "2026-03-26T09:20:00Z",
-    },
-    "refresh": {
-        "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.refreshed...",  # nosec B105 - the contract's example
-        "expires_at": "2026-03-26T13:00:00Z",
-    },
-    "refreshed": {
-        **EXAMPLE_SUMMARY,
-        "token_preview": "eyJhbGci...Zm2w",  # nosec B105 - the contract's example, not a credential
-        "expires_at": "2026-03-26T13:00:00Z",
-        "saved_at": "2026-03-26T09:20:01Z",
-    },
-    "cleared": {"cleared": True, "message": CLEARED_MESSAGE},
-    "deleted": {"deleted": True, "id": "store_001"},
-}
-# Every /api/v1 operation can answer these (401 only when API keys are configured).
-COMMON_ERRORS = (401, 429, 503)
-BODY_ERRORS = (400, 413, 415, 422)
-ETAG = {"description": "The record's version, for `If-Match` on a later PUT.", "schema": {"type": "string"}}
-ETAG_HEADER = {"ETag": ETAG}
-CREATED_HEADERS = {
-    "Location": {"description": "The new record's URL.", "schema": {"type": "string"}},
-    "ETag": ETAG,
-    "Idempotent-Replayed": {
-        "description": "`true` when this answers a repeated `Idempotency-Key` (nothing was created).",
-        "schema": {"type": "string", "enum": ["true"]},
-    },
-}
-# OpenAPI links: what a client (or a stateful fuzzer) can do with a record it has seen.
-CREATED_LINKS = {
-    name: {"operationId": operation, "parameters": {"record_id": "$response.body#/id"}}
-    for name, operation in (("GetToken", "getToken"), ("RefreshToken", "refreshToken"), ("DeleteToken", "deleteToken"))
-}
-FETCHED_LINKS = {
-    "RefreshThisVersion": {
-        "operationId": "refreshToken",
-        "parameters": {"record_id": "$response.body#/id", "header.If-Match": "$response.header.ETag"},
-    },
-    "DeleteToken": {"operationId": "deleteToken", "parameters": {"record_id": "$response.body#/id"}},
-}
-LINK_HEADER = {
-    "Link": {
-        "description": "RFC 8288 links to the first, previous, next and last pages "
-        "(`prev` and `next` only where such a page exists).",
-        "schema": {"type": "string"},
-        "example": '</api/v1/session-storage?page=1&limit=20>; rel="first", '
-        '</api/v1/session-storage?page=1&limit=20>; rel="last"',
-    }
-}
-
-
 def documented_errors(*codes: int) -> Callable:
     """Document the error responses an operation can give, each in the one error shape."""
 
@@ -192,8 +79,6 @@ class RecordIdConverter(BaseConverter):
     regex = r"(?!(?:current|validity)(?:/|\Z))[^/]+"
 
 
-# How a record id is documented: what ids look like (any other segment is simply a 404).
-RECORD_ID_SCHEMA = {"type": "string", "pattern": "^store_[0-9]+$", "example": "store_001"}
 
 
 def etag(record: Record) -> str:
