@@ -4,6 +4,7 @@ touched; the private one is flushed between tests because the tests own it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -11,11 +12,18 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 from pytest_redis import factories
 
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.crypto import generate_key
+
+# In CI the property-based tests replay a fixed sequence of examples, so a run's verdict
+# depends on the commit alone; on a developer's machine they keep exploring.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if shutil.os.path.exists("/usr/bin/redis-server") else None
