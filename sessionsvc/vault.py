@@ -176,20 +176,13 @@ class TokenVault:
         by_key_id = {key_id: round(count * scale) for key_id, count in sampled.items()}
         return KeyCensus(records=census.records, pruned=census.pruned, by_key_id=by_key_id)
 
-    def count_by_key(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for _, _, sealed in self.store.scan():
-            key_id = self.cipher.key_id_of(sealed)
-            counts[key_id] = counts.get(key_id, 0) + 1
-        return counts
-
     def rotate_keys(self) -> RotationReport:
         """Re-seal every record not under the first key; repeats until none is left.
 
         A record that does not decrypt (its key was removed, or it was tampered with) is
         left exactly as it is and named in the report: rotation never destroys data.
         """
-        before = self.count_by_key()
+        before = dict(self.stats().by_key_id)
         resealed = 0
         unreadable: set[str] = set()
         for _ in range(10):
@@ -209,5 +202,5 @@ class TokenVault:
             if pending == 0:
                 break
         return RotationReport(
-            before=before, after=self.count_by_key(), resealed=resealed, unreadable=tuple(sorted(unreadable))
+            before=before, after=dict(self.stats().by_key_id), resealed=resealed, unreadable=tuple(sorted(unreadable))
         )

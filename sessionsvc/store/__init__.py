@@ -494,8 +494,7 @@ class TokenStore:
             digests = " ".join(idempotency.digests)
         try:
             reply = self._run(
-                "create", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
-                key_hash, digests, self.idempotency_ms,
+                "create", *self._create_args(number, user_id, sealed, preview, expires_at, key_hash, digests),
                 retry=idempotency is not None,
             )
         except ResponseError as error:
@@ -510,18 +509,22 @@ class TokenStore:
         record = self._held(reply[1], reply[2])
         return replace(record, replayed=True) if reply[0] == 2 else record
 
+    def _create_args(
+        self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int,
+        key_hash: str = "", digests: str = "",
+    ) -> tuple:
+        """The create script's ARGV after the root (see scripts.py)."""
+        return (number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
+                key_hash, digests, self.idempotency_ms)
+
     def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
         """Bulk load: the create script for each (number, user id, sealed, preview,
         expires_at), pipelined in batches (one round-trip per batch). Returns the count."""
         count = 0
         pipe = self.client.pipeline(transaction=False)
         for number, user_id, sealed, preview, expires_at in rows:
-            self._scripts["create"](
-                keys=self._keys,
-                args=[self.root, number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
-                      "", "", self.idempotency_ms],
-                client=pipe,
-            )
+            args = [self.root, *self._create_args(number, user_id, sealed, preview, expires_at)]
+            self._scripts["create"](keys=self._keys, args=args, client=pipe)
             count += 1
             if count % batch == 0:
                 pipe.execute()
