@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from flask import Response, after_this_request, current_app, g, request, url_for
 from flask.views import MethodView
@@ -22,6 +23,7 @@ from .apidoc import (
     LINK_HEADER,
 )
 from .errors import ERROR_RESPONSES
+from .logs import request_id
 from .parsing import QueryParser
 from .schemas import (
     Cleared,
@@ -57,16 +59,17 @@ blp = ServiceBlueprint(
 
 
 audit_log = logging.getLogger("sessionsvc.audit")
-def documented_errors(*codes: int) -> Callable:
-    """Document the error responses an operation can give, each in the one error shape."""
+def documented(operation_id: str, *error_codes: int, **doc: Any) -> Callable:
+    """Document an operation: its id, any other OpenAPI fields (`doc`), and the error
+    responses it can give, each in the one error shape."""
 
     def decorate(view: Callable) -> Callable:
-        documented = view
-        for code in sorted({*codes, *COMMON_ERRORS}):
-            documented = blp.alt_response(code, response=ERROR_RESPONSES[code][0])(documented)
-        # flask-smorest's alt_response wraps the view in a call-through layer per code, run
-        # on every request; only the documentation it collects is needed, so keep that.
-        view._apidoc = documented._apidoc  # type: ignore[attr-defined]
+        documented_view = blp.doc(operationId=operation_id, **doc)(view)
+        for code in sorted({*error_codes, *COMMON_ERRORS}):
+            documented_view = blp.alt_response(code, response=ERROR_RESPONSES[code][0])(documented_view)
+        # flask-smorest's doc and alt_response wrap the view in a call-through layer each,
+        # run on every request; only the documentation they collect is needed, so keep that.
+        view._apidoc = documented_view._apidoc  # type: ignore[attr-defined]
         return view
 
     return decorate
@@ -103,7 +106,7 @@ def audit_reveal(revealed: Revealed, via: str) -> None:
         extra={
             "event": "token_revealed",
             "via": via,
-            "request_id": g.get("request_id"),
+            "request_id": request_id(),
             "record_id": record.id,
             "user_id": record.user_id,
             "client_key_id": g.get("client_key_id"),
@@ -128,36 +131,21 @@ def page_links(page: int, limit: int, total: int, user_id: str | None) -> str:
     )
 
 
-@blp.before_request
-def require_json_body():
-    if request.method not in ("POST", "PUT"):
-        return
-    if not request.is_json:
-        abort(415, message="Request body must be JSON (Content-Type: application/json).")
-    if request.content_length is None:
-        # A chunked body is cut at the size limit without complaint; reading one byte
-        # more makes werkzeug raise the same 413 a declared Content-Length would get.
-        request.get_data(cache=True)
-        request.stream.read(1)
-
-
 @blp.route("")
 class TokenCollection(MethodView):
-    @blp.doc(operationId="listTokens")
     @blp.arguments(PageQuery(), location="query", as_kwargs=True)
     @blp.response(200, TokenPage, example=EXAMPLES["list"], headers=LINK_HEADER)
-    @documented_errors(422)
+    @documented("listTokens", 422)
     def get(self, page: int, limit: int, user_id: str | None = None):
         """List stored tokens, most recently saved first (previews only)."""
         total, records = vault().page(page, limit, user_id)
         body = {"data": records, "pagination": {"page": page, "limit": limit, "total": total}}
         return body, 200, {"Link": page_links(page, limit, total, user_id)}
 
-    @blp.doc(operationId="createToken", responses={201: {"links": CREATED_LINKS}})
     @blp.arguments(TokenCreate(), example=EXAMPLES["create"])
     @blp.arguments(IdempotencyHeader(), location="headers", as_kwargs=True)
     @blp.response(201, TokenCreated, example=EXAMPLES["created"], headers=CREATED_HEADERS)
-    @documented_errors(*BODY_ERRORS)
+    @documented("createToken", *BODY_ERRORS, responses={201: {"links": CREATED_LINKS}})
     def post(self, body: dict, idempotency_key: str | None = None):
         """Store a token for a user (safe to retry with an `Idempotency-Key`)."""
         record = vault().save(
@@ -169,10 +157,9 @@ class TokenCollection(MethodView):
             headers["Idempotent-Replayed"] = "true"
         return record, 201, headers
 
-    @blp.doc(operationId="clearTokens")
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Cleared, example=EXAMPLES["cleared"])
-    @documented_errors(422)
+    @documented("clearTokens", 422)
     def delete(self, user_id: str | None = None):
         """Clear every stored token (or one user's)."""
         count = vault().clear(user_id)
@@ -182,10 +169,9 @@ class TokenCollection(MethodView):
 
 @blp.route("/current")
 class CurrentTokenView(MethodView):
-    @blp.doc(operationId="getCurrentToken")
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, CurrentToken, example=EXAMPLES["current"])
-    @documented_errors(404, 422)
+    @documented("getCurrentToken", 404, 422)
     def get(self, user_id: str | None = None):
         """The most recently saved token still held (optionally for one user)."""
         revealed = vault().current(user_id)
@@ -198,10 +184,9 @@ class CurrentTokenView(MethodView):
 
 @blp.route("/validity")
 class ValidityView(MethodView):
-    @blp.doc(operationId="getTokenValidity")
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Validity, example=EXAMPLES["validity"])
-    @documented_errors(422)
+    @documented("getTokenValidity", 422)
     def get(self, user_id: str | None = None):
         """Whether the current token is still valid, and for how long."""
         record = vault().validity(user_id)
@@ -212,9 +197,8 @@ class ValidityView(MethodView):
 
 @blp.route("/<record_id:record_id>")
 class TokenItem(MethodView):
-    @blp.doc(operationId="getToken", responses={200: {"links": FETCHED_LINKS}})
     @blp.response(200, TokenDetail, example=EXAMPLES["detail"], headers=ETAG_HEADER)
-    @documented_errors(404)
+    @documented("getToken", 404, responses={200: {"links": FETCHED_LINKS}})
     def get(self, record_id: str):
         """One stored token, in full."""
         revealed = vault().reveal(record_id)
@@ -229,19 +213,17 @@ class TokenItem(MethodView):
             "saved_at": record.saved_at,
         }, 200, {"ETag": etag(record)}
 
-    @blp.doc(operationId="refreshToken")
     @blp.arguments(TokenRefresh(), example=EXAMPLES["refresh"])
     @blp.arguments(IfMatchHeader(), location="headers", as_kwargs=True)
     @blp.response(200, TokenSummary, example=EXAMPLES["refreshed"], headers=ETAG_HEADER)
-    @documented_errors(*BODY_ERRORS, 404, 412)
+    @documented("refreshToken", *BODY_ERRORS, 404, 412)
     def put(self, body: dict, record_id: str, if_match: tuple[int, ...] | None = None):
         """Replace a record's token and expiry (refresh); `If-Match` guards against lost updates."""
         record = vault().refresh(record_id, body["token"], body["expires_at"], if_match)
         return record, 200, {"ETag": etag(record)}
 
-    @blp.doc(operationId="deleteToken")
     @blp.response(200, Deleted, example=EXAMPLES["deleted"])
-    @documented_errors(404)
+    @documented("deleteToken", 404)
     def delete(self, record_id: str):
         """Delete one stored token."""
         vault().delete(record_id)

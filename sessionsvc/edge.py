@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import uuid
+import secrets
 
 from flask import Flask, g, request
 from flask_smorest import Api, abort
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import PREFIX
+from .logs import REQUEST_ID_ENVIRON_KEY
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics")
@@ -23,7 +24,6 @@ DOCS_CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-REQUEST_ID_KEY = "sessionsvc.request_id"
 BEARER_SCHEME = "bearerAuth"
 
 
@@ -45,11 +45,11 @@ class DoubledPrefixAlias:
 def request_id_of(environ: dict) -> str:
     """The request's id: the client's X-Request-ID when it is sane, else a new one (kept
     in the environ, so every layer sees the same)."""
-    request_id = environ.get(REQUEST_ID_KEY)
+    request_id = environ.get(REQUEST_ID_ENVIRON_KEY)
     if request_id is None:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
-        environ[REQUEST_ID_KEY] = request_id
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else secrets.token_hex(16)
+        environ[REQUEST_ID_ENVIRON_KEY] = request_id
     return request_id
 
 
@@ -58,7 +58,7 @@ class ResponseHeaders:
 
     At the WSGI layer rather than in Flask hooks: the same few tuples for every response
     cost a fraction there of what werkzeug's header objects cost (docs/benchmarks.md).
-    The id is ``environ[REQUEST_ID_KEY]``, and ``g.request_id`` for the app's own logs.
+    The id is ``environ[REQUEST_ID_ENVIRON_KEY]`` (``sessionsvc.logs.request_id()`` in the app).
     """
 
     def __init__(self, wsgi_app):
@@ -104,10 +104,6 @@ def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxy_hops, x_proto=proxy_hops)
     # Digests are compared, so the comparison takes the same time whatever the lengths.
     key_digests = [_digest(key.encode()) for key in api_keys]
-
-    @app.before_request
-    def expose_request_id():
-        g.request_id = request_id_of(request.environ)
 
     if key_digests:
 

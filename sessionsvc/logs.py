@@ -24,12 +24,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, has_request_context, request
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from .config import Config
 
 ROUTE_ENVIRON_KEY = "sessionsvc.route"
+REQUEST_ID_ENVIRON_KEY = "sessionsvc.request_id"  # set by sessionsvc.edge, first thing
 UNMATCHED_ROUTE = "<unmatched>"
 JSON_FIELDS = "%(levelname)s %(name)s %(message)s"
 JSON_RENAMES = {"levelname": "level", "name": "logger"}
@@ -58,6 +59,11 @@ def route_template() -> str:
     return route
 
 
+def request_id() -> str | None:
+    """The current request's id (see ``sessionsvc.edge.request_id_of``)."""
+    return request.environ.get(REQUEST_ID_ENVIRON_KEY)
+
+
 def human_readable(config: Config, stream: Any = None) -> bool:
     """Plain text when asked for, or in development when a person watches the terminal."""
     if config.log_format != "auto":
@@ -71,8 +77,9 @@ class RequestContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if has_request_context():
-            record.request_id = g.get("request_id")
-            record.method = request._get_current_object().method  # type: ignore[attr-defined]
+            current = request._get_current_object()  # type: ignore[attr-defined]
+            record.request_id = current.environ.get(REQUEST_ID_ENVIRON_KEY)
+            record.method = current.method
             record.route = route_template()
         return True
 
@@ -174,7 +181,8 @@ def logging_config(config: Config) -> dict[str, Any]:
 
 def install(app: Flask, config: Config) -> None:
     """Give the app's logger a handler unless one was configured (e.g. by gunicorn), and
-    leave each request's route template in the environ for gunicorn's access line."""
+    leave each request's route template in the environ, where gunicorn's access line and
+    the request metrics (``sessionsvc.metrics.RequestMetrics``) read it."""
     logger = logging.getLogger("sessionsvc")
     logger.setLevel(config.log_level.upper())
     if not logger.handlers:
@@ -183,7 +191,6 @@ def install(app: Flask, config: Config) -> None:
         handler.addFilter(RequestContext())
         logger.addHandler(handler)
 
-    @app.after_request
-    def leave_route_for_access_log(response: Response) -> Response:
+    @app.before_request
+    def leave_route_in_environ() -> None:
         route_template()
-        return response

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .logs import route_template
+from .logs import ROUTE_ENVIRON_KEY, UNMATCHED_ROUTE
 from .store import StoreUnavailable
 from .vault import TokenVault
 
@@ -123,23 +123,39 @@ def scrape() -> Response:
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
+class RequestMetrics:
+    """Counts and times every response by method, route template and status, at the WSGI
+    layer: the route is what the app left in the environ (``logs.ROUTE_ENVIRON_KEY``), the
+    status is what it started the response with. No Flask hook, no request-local lookups."""
+
+    def __init__(self, wsgi_app: Callable) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        started = time.perf_counter()
+        statuses: list[str] = []
+
+        def start_and_note_status(status: str, headers: list, exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        body = self.wsgi_app(environ, start_and_note_status)
+        if statuses:
+            method = environ.get("REQUEST_METHOD", "")
+            labels = (
+                method if method in KNOWN_METHODS else "OTHER",
+                environ.get(ROUTE_ENVIRON_KEY, UNMATCHED_ROUTE),
+                int(statuses[-1][:3]),
+            )
+            children = _request_children.get(labels)
+            if children is None:
+                names = (labels[0], labels[1], str(labels[2]))
+                children = _request_children[labels] = (HTTP_REQUESTS.labels(*names), HTTP_LATENCY.labels(*names))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
+        return body
+
+
 def install(app: Flask) -> None:
     app.register_blueprint(metrics)
-
-    @app.before_request
-    def start_clock() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def count_request(response: Response) -> Response:
-        started = g.get("started")
-        method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        labels = (method, route_template(), response.status_code)
-        children = _request_children.get(labels)
-        if children is None:
-            names = (labels[0], labels[1], str(labels[2]))
-            children = _request_children[labels] = (HTTP_REQUESTS.labels(*names), HTTP_LATENCY.labels(*names))
-        children[0].inc()
-        if started is not None:
-            children[1].observe(time.perf_counter() - started)
-        return response
+    app.wsgi_app = RequestMetrics(app.wsgi_app)

@@ -1,12 +1,16 @@
-"""webargs' parser with a cache for what repeats: query strings and absent headers."""
+"""webargs' parser: the body rules (JSON only, size limit) and a cache for what repeats
+(query strings and absent headers)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import request
+from flask_smorest import abort
 from marshmallow import Schema
-from webargs.flaskparser import FlaskParser
+from webargs.flaskparser import FlaskParser, is_json_request
+
+from .errors import MESSAGES
 
 QUERY_CACHE_SIZE = 1024
 
@@ -24,6 +28,17 @@ class QueryParser(FlaskParser):
         super().__init__()
         self._parsed: dict[tuple[int, str, bytes], dict] = {}
         self._header_names: dict[int, tuple[str, ...]] = {}
+
+    def _raw_load_json(self, req: Any) -> Any:
+        """A body must be JSON (415 otherwise) and within the size limit (413)."""
+        if not is_json_request(req):
+            abort(415, message=MESSAGES[415])
+        if req.content_length is None:
+            # A chunked body is cut at the size limit without complaint; reading one byte
+            # more makes werkzeug raise the same 413 a declared Content-Length would get.
+            req.get_data(cache=True)
+            req.stream.read(1)
+        return super()._raw_load_json(req)
 
     def _cache_key(self, argmap: Schema, req: Any, location: str | None) -> bytes | None:
         if location == "query":

@@ -186,23 +186,22 @@ def test_an_empty_listing_links_to_its_one_page(client):
 # --- log formatting ---------------------------------------------------------------------
 
 
-def test_app_log_lines_carry_the_request_context(app):
+def test_app_log_lines_carry_the_request_context(client, save):
+    record = save(user_id="usr_logctx")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestContext())
-    logger = logging.getLogger("sessionsvc.test")
+    logger = logging.getLogger("sessionsvc.audit")  # an app logger that writes during requests
     logger.addHandler(handler)
     try:
-        with app.test_request_context(f"{API}/store_001", headers={"X-Request-ID": "rid-ctx"}):
-            app.preprocess_request()
-            logger.warning("inside a request", extra={"record_id": "store_001"})
+        client.get(f"{API}/{record['id']}", headers={"X-Request-ID": "rid-ctx"})
         logger.warning("outside")
     finally:
         logger.removeHandler(handler)
     inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
     assert inside["request_id"] == "rid-ctx" and inside["route"] == API + "/<record_id>"
-    assert inside["method"] == "GET" and inside["record_id"] == "store_001"
+    assert inside["method"] == "GET" and inside["record_id"] == record["id"]
     assert "request_id" not in outside and outside["message"] == "outside"
 
 
