@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
-import secrets
 
 from flask import Flask, g, request
 from flask_smorest import Api, abort
@@ -48,13 +48,27 @@ def request_id_of(environ: dict) -> str:
     request_id = environ.get(REQUEST_ID_ENVIRON_KEY)
     if request_id is None:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else secrets.token_hex(16)
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(16).hex()
         environ[REQUEST_ID_ENVIRON_KEY] = request_id
     return request_id
 
 
+def _fixed_headers(csp: str, cache: bool = True) -> tuple[tuple[str, str], ...]:
+    headers = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
+               ("Content-Security-Policy", csp)]
+    if cache:
+        headers.append(("Cache-Control", "no-store"))
+    return tuple(headers)
+
+
+API_HEADERS = _fixed_headers(API_CSP)
+DOCS_HEADERS = _fixed_headers(DOCS_CSP)
+DOCS_ASSET_HEADERS = _fixed_headers(DOCS_CSP, cache=False)  # Swagger UI's files may be cached
+
+
 class ResponseHeaders:
-    """Gives every request its id and every response the headers all of them carry.
+    """Gives every request its id and every response the headers all of them carry
+    (replacing any the app set under the same names).
 
     At the WSGI layer rather than in Flask hooks: the same few tuples for every response
     cost a fraction there of what werkzeug's header objects cost (docs/benchmarks.md).
@@ -65,19 +79,16 @@ class ResponseHeaders:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ, start_response):
-        request_id = request_id_of(environ)
         path = environ.get("PATH_INFO", "")
-        added = [("X-Request-ID", request_id), ("X-Content-Type-Options", "nosniff"),
-                 ("Referrer-Policy", "no-referrer")]
-        if not path.startswith("/docs/assets/"):
-            added.append(("Cache-Control", "no-store"))
-        csp = DOCS_CSP if path.startswith("/docs") else API_CSP
+        if path.startswith("/docs"):
+            fixed = DOCS_ASSET_HEADERS if path.startswith("/docs/assets/") else DOCS_HEADERS
+        else:
+            fixed = API_HEADERS
+        added = [("X-Request-ID", request_id_of(environ)), *fixed]
+        replaced = {name.lower() for name, _ in added}
 
         def start_with_headers(status, headers, exc_info=None):
-            replaced = {name.lower() for name, _ in added}
-            kept = [(name, value) for name, value in headers if name.lower() not in replaced]
-            if not any(name.lower() == "content-security-policy" for name, _ in kept):
-                kept.append(("Content-Security-Policy", csp))
+            kept = [header for header in headers if header[0].lower() not in replaced]
             return start_response(status, kept + added, exc_info)
 
         return self.wsgi_app(environ, start_with_headers)
