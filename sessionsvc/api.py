@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote_plus
 
-from flask import Response, after_this_request, current_app, g, request, url_for
+from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from werkzeug.routing import BaseConverter
@@ -117,7 +118,8 @@ def audit_reveal(revealed: Revealed, via: str) -> None:
 
 
 def page_links(page: int, limit: int, total: int, user_id: str | None) -> str:
-    """The RFC 8288 `Link` header of a listing page."""
+    """The RFC 8288 `Link` header of a listing page. Built directly: three or four
+    url_for route-map builds cost ~30 µs, more than the rest of the header."""
     last = max(1, -(-total // limit))
     targets = [("first", 1)]
     if page > 1:
@@ -125,10 +127,9 @@ def page_links(page: int, limit: int, total: int, user_id: str | None) -> str:
     if page < last:
         targets.append(("next", page + 1))
     targets.append(("last", last))
-    return ", ".join(
-        f'<{url_for(".TokenCollection", page=number, limit=limit, user_id=user_id)}>; rel="{relation}"'
-        for relation, number in targets
-    )
+    base = f"{request.script_root}{PREFIX}?page="
+    rest = f"&limit={limit}" if user_id is None else f"&limit={limit}&user_id={quote_plus(user_id)}"
+    return ", ".join(f'<{base}{number}{rest}>; rel="{relation}"' for relation, number in targets)
 
 
 @blp.route("")
