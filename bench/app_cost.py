@@ -105,7 +105,7 @@ def prepare(url: str, workdir: Path) -> tuple[dict, dict]:
     bodies = {"post": create, "put": refresh}
     apps = {"service": service, "baseline": baseline_module.app}
     for app in apps.values():
-        for _ in range(3):
+        for _ in range(21):  # a full list page (limit 20)
             assert call(app, environ("POST", PREFIX, "", create)).startswith("201")
     store = service.extensions["sessionsvc"].store
     store._scripts = {name: Replayed(script) for name, script in store._scripts.items()}

@@ -126,8 +126,8 @@ class Cipher:
 
     def fingerprint(self, token: str) -> str:
         """A keyed, truncated hash that ties log lines to a token without revealing it."""
-        digest = hmac.new(self._fingerprint_key, token.encode("ascii"), hashlib.sha256).hexdigest()
-        return digest[:FINGERPRINT_CHARS]
+        digest = hmac.digest(self._fingerprint_key, token.encode("ascii"), "sha256")  # one-shot, in C
+        return digest.hex()[:FINGERPRINT_CHARS]
 
     def request_digests(self, *fields: str) -> tuple[str, ...]:
         """Keyed digests of a request's fields, one per key, the current key's first.
@@ -138,5 +138,5 @@ class Cipher:
         """
         message = "\x00".join(fields).encode("utf-8")
         return tuple(
-            f"{key_id}:{hmac.new(key, message, hashlib.sha256).hexdigest()}" for key_id, key in self._digest_keys
+            f"{key_id}:{hmac.digest(key, message, 'sha256').hex()}" for key_id, key in self._digest_keys
         )
