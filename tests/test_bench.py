@@ -58,3 +58,13 @@ def test_bench_sweep_scale_memory_and_burst_runs_complete(tmp_path):
     assert burst["burst"]["post"]["errors"] == 0 and burst["burst"]["list"]["errors"] == 0
     text = reports["docs"]["text"]
     assert "**exact**" in text and "bytes per record" in text and "gevent-w1" in text
+
+
+def test_app_cost_times_both_apps_on_every_endpoint():
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    command = [sys.executable, "bench/app_cost.py", "--number", "3", "--repeat", "1"]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    rows = {line.split()[0] for line in finished.stdout.splitlines()[1:] if line.strip()}
+    assert rows == ENDPOINTS, finished.stdout
