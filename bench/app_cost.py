@@ -127,7 +127,8 @@ def timed(apps: dict, bodies: dict, cases: list[str], number: int, repeat: int) 
         body = bodies.get(name, b"")
         best = {}
         for side, app in apps.items():
-            runs = timeit.repeat(lambda app=app: call(app, environ(method, path, query, body)),
+            request = (method, path, query, body)
+            runs = timeit.repeat(lambda app=app, request=request: call(app, environ(*request)),
                                  number=number, repeat=repeat)
             best[side] = min(runs) / number * 1e6
         print(f"{name:10} {best['service']:11.1f} {best['baseline']:12.1f} {best['service'] - best['baseline']:7.1f}")
@@ -143,7 +144,8 @@ def instructions(cases: list[str]) -> None:
 
     print(f"{'endpoint':10} {'service':>10} {'baseline':>10} {'ratio':>6}   (instructions per request)")
     for name in cases:
-        per_request = {side: (count(name, side, 400) - count(name, side, 100)) // 300 for side in ("service", "baseline")}
+        per_request = {side: (count(name, side, 400) - count(name, side, 100)) // 300
+                       for side in ("service", "baseline")}
         print(f"{name:10} {per_request['service']:10,} {per_request['baseline']:10,} "
               f"{per_request['service'] / per_request['baseline']:6.2f}", flush=True)
 

@@ -368,6 +368,9 @@ def compare(service_runs: list[dict], baseline_runs: list[dict]) -> dict:
         "baseline": baseline,
         "ratio": round(statistics.median(paired), 3),
         "round_ratios": [round(ratio, 3) for ratio in paired],
+        # The middle half of the rounds' ratios: wide when outside load came and went.
+        "round_ratio_quartiles": [round(q, 3) for q in (statistics.quantiles(paired, n=4)[::2] if len(paired) > 1
+                                                         else paired * 2)],
         "pooled_ratio": round(service["rps"] / max(baseline["rps"], 1e-6), 3),
         "p99_ratio": round(service["p99_ms"] / max(baseline["p99_ms"], 1e-6), 3),
         "cpu_ratio": round(baseline["cpu_us_per_request"] / max(service["cpu_us_per_request"], 1e-6), 3),
@@ -637,7 +640,8 @@ def format_row(label: str, result: dict) -> str:
     return (
         f"{label:28} service {service['rps']:7.0f} req/s p50 {service['p50_ms']:6.2f} p99 {service['p99_ms']:6.2f} ms"
         f" | baseline {baseline['rps']:7.0f} req/s p50 {baseline['p50_ms']:6.2f} p99 {baseline['p99_ms']:6.2f} ms"
-        f" | ratio {result['ratio']:.2f} (>= {result['target']:.2f}; pooled {result['pooled_ratio']:.2f})"
+        f" | ratio {result['ratio']:.2f} (>= {result['target']:.2f}; pooled {result['pooled_ratio']:.2f},"
+        f" middle half of rounds {result['round_ratio_quartiles'][0]:.2f}-{result['round_ratio_quartiles'][1]:.2f})"
         f" p99 x{result['p99_ratio']:.2f}"
         f" {'ok' if result['met'] else 'MISSED'} | cpu/req {service['cpu_us_per_request']:.0f}"
         f" vs {baseline['cpu_us_per_request']:.0f} us (ratio {result['cpu_ratio']:.2f})"
