@@ -108,6 +108,20 @@ def test_malformed_json_is_400(client):
     assert_nothing_stored(client)
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"user_id": "u", "token": NaN, "expires_at": "2030-01-01T00:00:00Z"}',
+        '{"user_id": "\\ud800", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}',
+    ],
+    ids=["nan", "lone-surrogate"],
+)
+def test_json_outside_rfc_8259_is_400(client, document):
+    response = client.post(API, data=document, content_type="application/json")
+    assert response.status_code == 400 and response.is_json and response.json["message"]
+    assert_nothing_stored(client)
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 def test_a_body_that_is_not_json_is_415(client, content_type):
     response = client.post(API, data="user_id=u&token=t", content_type=content_type)
