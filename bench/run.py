@@ -363,14 +363,14 @@ def compare(service_runs: list[dict], baseline_runs: list[dict]) -> dict:
     side of one round moves the pooled figure, kept beside it, but not the median.)"""
     service, baseline = combine(service_runs), combine(baseline_runs)
     paired = [run["rps"] / max(other["rps"], 1e-6) for run, other in zip(service_runs, baseline_runs, strict=True)]
+    # The middle half of the rounds' ratios: wide when outside load came and went.
+    first_quartile, _, third_quartile = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     return {
         "service": service,
         "baseline": baseline,
         "ratio": round(statistics.median(paired), 3),
         "round_ratios": [round(ratio, 3) for ratio in paired],
-        # The middle half of the rounds' ratios: wide when outside load came and went.
-        "round_ratio_quartiles": [round(q, 3) for q in (statistics.quantiles(paired, n=4)[::2] if len(paired) > 1
-                                                         else paired * 2)],
+        "round_ratio_quartiles": [round(first_quartile, 3), round(third_quartile, 3)],
         "pooled_ratio": round(service["rps"] / max(baseline["rps"], 1e-6), 3),
         "p99_ratio": round(service["p99_ms"] / max(baseline["p99_ms"], 1e-6), 3),
         "cpu_ratio": round(baseline["cpu_us_per_request"] / max(service["cpu_us_per_request"], 1e-6), 3),

@@ -53,12 +53,14 @@ def request_id_of(environ: dict) -> str:
     return request_id
 
 
-def _fixed_headers(csp: str, cache: bool = True) -> tuple[tuple[str, str], ...]:
+def _fixed_headers(csp: str, cache: bool = True) -> tuple[tuple[tuple[str, str], ...], frozenset[str]]:
+    """The headers every response of one kind of path carries, and the (lower-case) names
+    they replace in the app's own, X-Request-ID included."""
     headers = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"),
                ("Content-Security-Policy", csp)]
     if cache:
         headers.append(("Cache-Control", "no-store"))
-    return tuple(headers)
+    return tuple(headers), frozenset({"x-request-id", *(name.lower() for name, _ in headers)})
 
 
 API_HEADERS = _fixed_headers(API_CSP)
@@ -84,8 +86,8 @@ class ResponseHeaders:
             fixed = DOCS_ASSET_HEADERS if path.startswith("/docs/assets/") else DOCS_HEADERS
         else:
             fixed = API_HEADERS
-        added = [("X-Request-ID", request_id_of(environ)), *fixed]
-        replaced = {name.lower() for name, _ in added}
+        fixed_headers, replaced = fixed
+        added = [("X-Request-ID", request_id_of(environ)), *fixed_headers]
 
         def start_with_headers(status, headers, exc_info=None):
             kept = [header for header in headers if header[0].lower() not in replaced]

@@ -32,8 +32,8 @@ class QueryParser(FlaskParser):
 
     def _raw_load_json(self, req: Any) -> Any:
         """A body must be JSON (415 otherwise) and within the size limit (413). Decoded by
-        orjson (strict RFC 8259: no NaN, no lone surrogates; its
-        error is a ``json.JSONDecodeError``, so webargs answers 400 as for any bad JSON)."""
+        orjson (strict RFC 8259: no NaN, no lone surrogates); its error is a
+        ``json.JSONDecodeError``, so webargs answers 400 as for any bad JSON."""
         if not is_json_request(req):
             abort(415, message=MESSAGES[415])
         if req.content_length is None:
