@@ -153,16 +153,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict[str, str], workdir: Path, name: str, extra: tuple[str, ...] = ()) -> Iterator[Server]:
-    """`gunicorn -c gunicorn.conf.py <app>` on a free port."""
+def gunicorn(app: str, env: dict[str, str], workdir: Path, name: str, extra: tuple[str, ...] = (),
+             wrapper: tuple[str, ...] = (), boot_seconds: float = 60) -> Iterator[Server]:
+    """`gunicorn -c gunicorn.conf.py <app>` on a free port (run by `wrapper`, e.g. valgrind)."""
     port = free_port()
     stderr = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+    command = [*wrapper, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
                *extra, app]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + boot_seconds
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited at start-up:\n{(workdir / f'{name}.log').read_text()[-2000:]}")

@@ -68,3 +68,12 @@ def test_app_cost_times_both_apps_on_every_endpoint():
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     rows = {line.split()[0] for line in finished.stdout.splitlines()[1:] if line.strip()}
     assert rows == ENDPOINTS, finished.stdout
+
+
+def test_stack_cost_drives_both_sides_under_gunicorn():
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    command = [sys.executable, "bench/stack_cost.py", "--no-valgrind", "--cases", "get_id", "--requests", "2"]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert finished.stdout.splitlines()[1].split()[0] == "get_id", finished.stdout
