@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote_plus
 
-import orjson
 from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
@@ -27,6 +26,7 @@ from .apidoc import (
     LINK_HEADER,
 )
 from .errors import ERROR_RESPONSES
+from .jsonprovider import MIMETYPE, response_body
 from .logs import request_id
 from .parsing import QueryParser
 from .schemas import (
@@ -49,7 +49,7 @@ from .store import Record
 from .vault import Revealed, TokenVault
 
 PREFIX = "/api/v1/session-storage"
-JSON = "application/json"
+
 
 class ServiceBlueprint(Blueprint):
     ARGUMENTS_PARSER = QueryParser()
@@ -69,8 +69,7 @@ class ServiceBlueprint(Blueprint):
                 headers = None
                 if type(body) is tuple:
                     body, headers = body
-                content = orjson.dumps(schema.dump(body), option=orjson.OPT_APPEND_NEWLINE)
-                return Response(content, status_code, headers, content_type=JSON)
+                return Response(response_body(schema.dump(body)), status_code, headers, content_type=MIMETYPE)
 
             render._apidoc = document(view)._apidoc  # type: ignore[attr-defined]
             return render

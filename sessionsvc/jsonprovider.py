@@ -10,9 +10,16 @@ import orjson
 from flask import Response
 from flask.json.provider import JSONProvider
 
+MIMETYPE = "application/json"
+
+
+def response_body(obj: Any) -> bytes:
+    """A JSON response body as every response of the app has it: orjson, a final newline."""
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+
 
 class OrjsonProvider(JSONProvider):
-    mimetype = "application/json"
+    mimetype = MIMETYPE
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         # `flask openapi write` asks for an indented document, to be read in review.
@@ -23,4 +30,4 @@ class OrjsonProvider(JSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE), mimetype=self.mimetype)
+        return self._app.response_class(response_body(obj), mimetype=self.mimetype)
