@@ -216,6 +216,16 @@ def test_json_lines_are_the_ones_python_json_logger_writes(app):
         RequestContext().filter(plain)
     assert formatter.format(plain) == general(formatter, plain)
     assert json.loads(formatter.format(plain))["message"] == "token revealed"
+    # Records of the same layout (the extra field names are worked out once per layout)
+    # keep their own values; another layout gets its own fields.
+    again = logging.LogRecord("sessionsvc.audit", logging.INFO, __file__, 1, "token %s", ("revealed",), None)
+    again.__dict__.update(plain.__dict__, record_id="store_002", reveal_count=3)
+    assert json.loads(formatter.format(again))["record_id"] == "store_002"
+    assert formatter.format(again) == general(formatter, again)
+    other = logging.LogRecord("sessionsvc", logging.WARNING, __file__, 1, "other", (), None)
+    other.redis_error = "timeout"
+    assert formatter.format(other) == general(formatter, other)
+    assert "record_id" not in json.loads(formatter.format(other))
     try:
         raise ValueError("boom")
     except ValueError:
