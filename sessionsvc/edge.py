@@ -48,7 +48,7 @@ def request_id_of(environ: dict) -> str:
     request_id = environ.get(REQUEST_ID_ENVIRON_KEY)
     if request_id is None:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else os.urandom(16).hex()
+        request_id = incoming if incoming and REQUEST_ID_PATTERN.match(incoming) else os.urandom(16).hex()
         environ[REQUEST_ID_ENVIRON_KEY] = request_id
     return request_id
 
