@@ -27,11 +27,11 @@ _embedded = not any(
 bind = [os.environ.get("SESSIONSVC_BIND", "127.0.0.1:8000")]
 # The embedded store lives in one process's memory: every request must reach that process.
 workers = 1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread, 2 workers x 4 threads: the best of sync, gthread and gevent for the mixed workload
-# on 2 cores (`python bench/run.py --sweep`, docs/benchmarks.md). gevent matched its
-# throughput but its p99 was 5-10x worse (200-480 ms against 40-60 ms): a greenlet
-# whose client is quick keeps its worker while the others wait.
-worker_class = os.environ.get("SESSIONSVC_WORKER_CLASS", "gthread")
+# gevent, 2 workers: the best of sync, gthread and gevent for the mixed workload on 2
+# cores (`python bench/run.py --sweep`, docs/benchmarks.md): the most requests/s in each
+# of three sweeps, p99 within a few ms of gthread's. SESSIONSVC_WORKER_CLASS=gthread
+# (with SESSIONSVC_THREADS per worker) is the no-monkey-patching alternative.
+worker_class = os.environ.get("SESSIONSVC_WORKER_CLASS", "gevent")
 threads = int(os.environ.get("SESSIONSVC_THREADS", "4"))
 worker_connections = int(os.environ.get("SESSIONSVC_WORKER_CONNECTIONS", "200"))
 # Well above the Redis socket timeout: a slow Redis gives 503s, never a killed worker.

@@ -6,8 +6,8 @@ and is sent requests one at a time: after 20 to warm up, the worker's counters a
 `--requests` more are sent, and its counters dumped (`callgrind_control`), so start-up
 never enters the figure. Everything a worker does for a request is in it: gunicorn's
 parsing and access line, the app, redis-py and its socket calls (the kernel's share and
-redis-server are not). Sync, not the production gthread: with threads the count moves
-with their scheduling.
+redis-server are not). Sync, not the production gevent: one request at a time, so the
+count is the request's own, not a share of whatever else the event loop was doing.
 
     python bench/stack_cost.py                       # every endpoint, ~15 minutes
     python bench/stack_cost.py --cases get_id,post   # some of them
