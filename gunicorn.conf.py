@@ -29,7 +29,7 @@ bind = [os.environ.get("SESSIONSVC_BIND", "127.0.0.1:8000")]
 workers = 1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gevent, 2 workers: the best of sync, gthread and gevent for the mixed workload on 2
 # cores (`python bench/run.py --sweep`, docs/benchmarks.md): the most requests/s in each
-# of three sweeps, p99 within a few ms of gthread's. SESSIONSVC_WORKER_CLASS=gthread
+# of four sweeps, p99 within a few ms of gthread's. SESSIONSVC_WORKER_CLASS=gthread
 # (with SESSIONSVC_THREADS per worker) is the no-monkey-patching alternative.
 worker_class = os.environ.get("SESSIONSVC_WORKER_CLASS", "gevent")
 threads = int(os.environ.get("SESSIONSVC_THREADS", "4"))

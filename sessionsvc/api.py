@@ -86,6 +86,8 @@ blp = ServiceBlueprint(
 
 
 audit_log = logging.getLogger("sessionsvc.audit")
+
+
 def documented(operation_id: str, *error_codes: int, **doc: Any) -> Callable:
     """Document an operation: its id, any other OpenAPI fields (`doc`), and the error
     responses it can give, each in the one error shape."""
@@ -107,8 +109,6 @@ class RecordIdConverter(BaseConverter):
     for every method (PUT /current is a 405, not a lookup of a record called "current")."""
 
     regex = r"(?!(?:current|validity)(?:/|\Z))[^/]+"
-
-
 
 
 def etag(record: Record) -> str:
