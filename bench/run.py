@@ -18,6 +18,7 @@ small Python loop (`--driver python`, used by the smoke test). Results go to
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as dt
 import http.client
@@ -235,9 +236,11 @@ def seed(
 
 
 def wrk_drive(base_url: str, mode: str, duration: float, connections: int, threads: int, ids: int,
-              expires: str, token_chars: int) -> dict:
+              expires: str, token_chars: int, histogram: bool = False) -> dict:
+    """One wrk run; with `histogram`, its latencies as [µs, count] pairs too (see merged_p99)."""
     env = {**os.environ, "BENCH_MODE": "path" if mode.startswith("/") else mode, "BENCH_PATH": mode,
-           "BENCH_IDS": str(ids), "BENCH_EXPIRES": expires, "BENCH_TOKEN_CHARS": str(token_chars)}
+           "BENCH_IDS": str(ids), "BENCH_EXPIRES": expires, "BENCH_TOKEN_CHARS": str(token_chars),
+           "BENCH_HISTOGRAM": "1" if histogram else "0"}
     seconds = max(1, round(duration))
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
                "-s", str(WRK_SCRIPT), base_url]
@@ -246,7 +249,7 @@ def wrk_drive(base_url: str, mode: str, duration: float, connections: int, threa
     raw = json.loads(line)
     errors = sum(raw["errors"].values())
     seconds_taken = raw["duration_us"] / 1e6
-    return {
+    result = {
         "requests": raw["requests"],
         "errors": errors,
         "seconds": seconds_taken,
@@ -254,6 +257,9 @@ def wrk_drive(base_url: str, mode: str, duration: float, connections: int, threa
         "p50_ms": raw["latency_us"]["p50"] / 1000,
         "p99_ms": raw["latency_us"]["p99"] / 1000,
     }
+    if histogram:
+        result["histogram"] = raw["histogram"]
+    return result
 
 
 class RequestMaker:
@@ -289,7 +295,7 @@ class RequestMaker:
 
 
 def python_drive(base_url: str, mode: str, duration: float, connections: int, threads: int, ids: int,
-                 expires: str, token_chars: int) -> dict:
+                 expires: str, token_chars: int, histogram: bool = False) -> dict:
     """A small closed-loop load generator: `connections` keep-alive connections, one thread each."""
     host, port = base_url.removeprefix("http://").split(":")
     latencies: list[float] = []
@@ -334,8 +340,25 @@ def python_drive(base_url: str, mode: str, duration: float, connections: int, th
     def percentile(fraction: float) -> float:
         return latencies[min(len(latencies) - 1, int(len(latencies) * fraction))] * 1000 if latencies else 0.0
 
-    return {**counts, "seconds": seconds, "rps": counts["requests"] / seconds,
-            "p50_ms": percentile(0.50), "p99_ms": percentile(0.99)}
+    result = {**counts, "seconds": seconds, "rps": counts["requests"] / seconds,
+              "p50_ms": percentile(0.50), "p99_ms": percentile(0.99)}
+    if histogram:
+        counted = collections.Counter(round(latency * 1e6) for latency in latencies)
+        result["histogram"] = sorted(counted.items())
+    return result
+
+
+def merged_p99(*histograms: list) -> float:
+    """p99 in ms of several runs taken together, from their [µs, count] pairs (percentiles
+    of separate runs cannot be combined)."""
+    pairs = sorted((value, count) for histogram in histograms for value, count in histogram)
+    total = sum(count for _, count in pairs)
+    seen = 0
+    for value, count in pairs:
+        seen += count
+        if seen >= 0.99 * total:
+            return value / 1000
+    return 0.0
 
 
 Driver = Callable[..., dict]
@@ -397,10 +420,10 @@ class Bench:
         return clean_environment(SESSIONSVC_REDIS_URL=url, SESSIONSVC_KEY_PREFIX=BASELINE_PREFIX, **extra)
 
     def drive(self, server: Server, mode: str, duration: float, connections: int | None = None,
-              ids: int | None = None) -> dict:
+              ids: int | None = None, histogram: bool = False) -> dict:
         cpu_before = server.cpu_seconds()
         run = self.driver(server.url, mode, duration, connections or self.args.connections, self.args.threads,
-                          ids or self.args.seed, self.expires, self.args.token_chars)
+                          ids or self.args.seed, self.expires, self.args.token_chars, histogram=histogram)
         run["cpu_seconds"] = server.cpu_seconds() - cpu_before
         return run
 
@@ -573,9 +596,18 @@ class Bench:
                 time.sleep(max(0.0, dies_at - time.time() + 0.2))
                 log("burst: the records are dead now")
                 first = min(window, args.burst_first)
-                result["first"] = self.list_and_post(service, first)  # while the index is pruned
-                result["burst"] = self.list_and_post(service, max(first, window - first))
-            result["ratio_p99"] = {  # the worse of the two windows after the burst
+                # while the index is pruned, then the rest of the window
+                result["first"] = self.list_and_post(service, first, histogram=True)
+                result["burst"] = self.list_and_post(service, max(first, window - first), histogram=True)
+            result["minute_p99_ms"] = {  # the whole window after the burst, both parts together
+                name: merged_p99(result["first"][name].pop("histogram"), result["burst"][name].pop("histogram"))
+                for name in ("list", "post")
+            }
+            result["ratio_p99_minute"] = {
+                name: round(result["minute_p99_ms"][name] / max(result["normal"][name]["p99_ms"], 1e-6), 2)
+                for name in ("list", "post")
+            }
+            result["ratio_p99"] = {  # the worse of the two parts after the burst
                 name: round(max(result[part][name]["p99_ms"] for part in ("first", "burst"))
                             / max(result["normal"][name]["p99_ms"], 1e-6), 2)
                 for name in ("list", "post")
@@ -585,12 +617,12 @@ class Bench:
         log(json.dumps(result, indent=2))
         return {"burst": result}
 
-    def list_and_post(self, service: Server, duration: float) -> dict[str, dict]:
+    def list_and_post(self, service: Server, duration: float, histogram: bool = False) -> dict[str, dict]:
         half = max(1, self.args.connections // 2)
         results: dict[str, dict] = {}
 
         def run(mode: str) -> None:
-            results[mode] = self.drive(service, mode, duration, connections=half)
+            results[mode] = self.drive(service, mode, duration, connections=half, histogram=histogram)
 
         threads = [threading.Thread(target=run, args=(mode,)) for mode in ("list", "post")]
         for thread in threads:
@@ -732,14 +764,16 @@ def markdown_burst(report: dict) -> str:
         f"and for {burst['normal_seconds']:g} s before under the same load.",
         "",
         "| | before p50 / p99 ms | first seconds after p50 / p99 ms | rest of the window p50 / p99 ms "
-        "| worse p99 × before |",
-        "|---|---:|---:|---:|---:|",
+        "| whole window p99 ms (× before) | worse part's p99 × before |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name in ("list", "post"):
         normal, first, after = burst["normal"][name], burst["first"][name], burst["burst"][name]
         lines.append(f"| {name} | {normal['p50_ms']:.2f} / {normal['p99_ms']:.2f} | "
                      f"{first['p50_ms']:.2f} / {first['p99_ms']:.2f} | "
-                     f"{after['p50_ms']:.2f} / {after['p99_ms']:.2f} | {burst['ratio_p99'][name]:.2f} |")
+                     f"{after['p50_ms']:.2f} / {after['p99_ms']:.2f} | "
+                     f"{burst['minute_p99_ms'][name]:.2f} ({burst['ratio_p99_minute'][name]:.2f}) | "
+                     f"{burst['ratio_p99'][name]:.2f} |")
     lines += [
         "",
         f"Index afterwards: {index['live_records']:,} live records, all-index {index['all_index']:,}, "

@@ -3,7 +3,8 @@
 -- BENCH_IDS: highest seeded record number (GET/PUT pick one at random, ids 1..BENCH_IDS)
 -- BENCH_EXPIRES: RFC 3339 expires_at for POST/PUT bodies (in the future)
 -- BENCH_TOKEN_CHARS: length of the tokens sent (JWT-like, unique per request)
--- done() prints one JSON line that run.py reads: counts and latency percentiles in us.
+-- done() prints one JSON line that run.py reads: counts and latency percentiles in us, and
+-- with BENCH_HISTOGRAM=1 every latency seen as [us, count] pairs (run.py merges runs by them).
 
 local mode = os.getenv("BENCH_MODE") or "current"
 local max_id = tonumber(os.getenv("BENCH_IDS") or "1000")
@@ -11,6 +12,7 @@ local expires = os.getenv("BENCH_EXPIRES") or "2099-01-01T00:00:00Z"
 local token_chars = tonumber(os.getenv("BENCH_TOKEN_CHARS") or "800")
 local prefix = "/api/v1/session-storage"
 local json_headers = { ["Content-Type"] = "application/json" }
+local histogram = os.getenv("BENCH_HISTOGRAM") == "1"
 
 local threads = {}
 local counter = 0
@@ -70,9 +72,17 @@ end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  local entries = {}
+  if histogram then
+    for i = 1, #latency do
+      local value, count = latency(i)
+      entries[#entries + 1] = string.format("[%d,%d]", value, count)
+    end
+  end
   io.write(string.format(
     '{"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
-      .. '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f}}\n',
+      .. '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"histogram":[%s]}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
+    table.concat(entries, ",")))
 end

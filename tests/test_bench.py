@@ -55,6 +55,8 @@ def test_bench_sweep_scale_memory_and_burst_runs_complete(tmp_path):
     assert reports["memory"]["memory"]["bytes_per_record"] > 0
     burst = reports["burst"]["burst"]
     assert burst["index"]["exact"], burst["index"]
+    assert burst["minute_p99_ms"]["list"] > 0 and burst["minute_p99_ms"]["post"] > 0
+    assert "histogram" not in burst["first"]["list"]  # merged, not stored
     assert burst["burst"]["post"]["errors"] == 0 and burst["burst"]["list"]["errors"] == 0
     text = reports["docs"]["text"]
     assert "**exact**" in text and "bytes per record" in text and "gevent-w1" in text
@@ -77,3 +79,12 @@ def test_stack_cost_drives_both_sides_under_gunicorn():
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert finished.stdout.splitlines()[1].split()[0] == "get_id", finished.stdout
+
+
+def test_runs_are_merged_by_their_latencies_not_their_percentiles():
+    sys.path.insert(0, str(ROOT))
+    from bench.run import merged_p99
+
+    assert merged_p99([[1000, 99]], [[5000, 1]]) == 1.0  # the slow run's one request is the top 1 %
+    assert merged_p99([[1000, 98]], [[5000, 2]]) == 5.0
+    assert merged_p99([[2000, 50], [1000, 49]], [[3000, 1]]) == 2.0
