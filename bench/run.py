@@ -599,17 +599,19 @@ class Bench:
                 # while the index is pruned, then the rest of the window
                 result["first"] = self.list_and_post(service, first, histogram=True)
                 result["burst"] = self.list_and_post(service, max(first, window - first), histogram=True)
+
+            def times_before(name: str, p99_ms: float) -> float:
+                return round(p99_ms / max(result["normal"][name]["p99_ms"], 1e-6), 2)
+
             result["minute_p99_ms"] = {  # the whole window after the burst, both parts together
                 name: merged_p99(result["first"][name].pop("histogram"), result["burst"][name].pop("histogram"))
                 for name in ("list", "post")
             }
             result["ratio_p99_minute"] = {
-                name: round(result["minute_p99_ms"][name] / max(result["normal"][name]["p99_ms"], 1e-6), 2)
-                for name in ("list", "post")
+                name: times_before(name, p99_ms) for name, p99_ms in result["minute_p99_ms"].items()
             }
             result["ratio_p99"] = {  # the worse of the two parts after the burst
-                name: round(max(result[part][name]["p99_ms"] for part in ("first", "burst"))
-                            / max(result["normal"][name]["p99_ms"], 1e-6), 2)
+                name: times_before(name, max(result[part][name]["p99_ms"] for part in ("first", "burst")))
                 for name in ("list", "post")
             }
             result["index"] = index_check(client)
