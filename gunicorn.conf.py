@@ -54,11 +54,26 @@ loglevel = _app_config.log_level.lower()
 
 
 def on_starting(server):
+    size_redis_pool_to_worker_concurrency(server.cfg, os.environ)
     # Files left by an earlier run would resurrect its counters.
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)
     for leftover in glob.glob(os.path.join(metrics_dir, "*.db")):
         os.remove(leftover)
+
+
+def size_redis_pool_to_worker_concurrency(cfg, environ):
+    """An async worker (gevent) serves up to `worker_connections` requests at once, and
+    under load each of them holds its Redis connection until the event loop gets back to
+    it, though Redis answered long before: with a smaller pool a busy worker answers 503
+    `pool_exhausted` while Redis is healthy (seen with 256 connections against two
+    workers). So unless the operator chose a size, the pool is as large as the worker's
+    concurrency; connections are opened only as they are needed. Run before the workers
+    start, with the final settings (command line included); they inherit the environment."""
+    asynchronous = any(name in cfg.worker_class_str.lower() for name in ("gevent", "eventlet"))
+    if "SESSIONSVC_REDIS_MAX_CONNECTIONS" in environ or not asynchronous:
+        return
+    environ["SESSIONSVC_REDIS_MAX_CONNECTIONS"] = str(max(cfg.worker_connections, _app_config.redis_max_connections))
 
 
 def child_exit(server, worker):

@@ -119,3 +119,19 @@ def test_readiness_flips_when_redis_stops_and_back_when_it_returns(service, redi
     assert instance.request("GET", "/readyz")[2]["scripts"] == "loaded"
     status, _, _ = instance.request("POST", API, {"user_id": "usr_back", "token": "t" * 30, "expires_at": future()})
     assert status == 201
+
+
+def test_a_busy_gevent_worker_answers_every_request_while_redis_is_healthy(service):
+    """Under load a gevent worker has many requests between sending a Redis command and
+    reading its reply (each waits for its turn on the CPU), every one holding a pooled
+    connection: the pool must be sized to the worker's concurrency, or a healthy Redis
+    gives 503 pool_exhausted (with the pool at its old 50: 803 of these 1,500 requests)."""
+    instance = service(workers=1)
+    status, _, created = instance.request("POST", API, {"user_id": "busy", "token": CANARY, "expires_at": future()})
+    assert status == 201
+    path = f"{API}/{created['id']}"
+    with ThreadPoolExecutor(max_workers=150) as clients:
+        statuses = list(clients.map(lambda _: instance.request("GET", path)[0], range(1500)))
+    log = instance.stop()
+    assert statuses.count(200) == len(statuses), {status: statuses.count(status) for status in set(statuses)}
+    assert "pool_exhausted" not in log
