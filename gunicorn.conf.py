@@ -17,7 +17,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["SESSIONSVC_TEMPORARY_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from sessionsvc.config import Config  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR is set
-from sessionsvc.logs import logging_config, skip_caller_lookup  # noqa: E402
+from sessionsvc.logs import lean_log_records, logging_config  # noqa: E402
 
 _app_config = Config.from_env()
 _embedded = not any(
@@ -48,7 +48,7 @@ pidfile = os.environ.get("SESSIONSVC_PIDFILE") or None
 # App, error and access lines: JSON (or text at a developer's terminal) on stderr, see
 # sessionsvc/logs.py. The access line's message never holds the query string.
 logconfig_dict = logging_config(_app_config)
-skip_caller_lookup()  # for gunicorn's own lines too (the access line is written per request)
+lean_log_records()  # for gunicorn's own lines too (the access line is written per request)
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms route=%({sessionsvc.route}e)s rid=%({x-request-id}o)s'
 loglevel = _app_config.log_level.lower()
 
