@@ -71,3 +71,27 @@ def test_refresh_racing_expiry_never_revives_a_dead_record_or_drops_its_ttl(make
         refreshed = sum(1 for outcome in outcomes.values() if outcome == "refreshed")
         assert vault.page(1, 100)[0] == refreshed
         vault.clear()
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_creates_racing_for_new_ids_share_each_block_instead_of_fetching_one_each(make_app, raw):
+    """When the block of ids runs out under concurrent creates, one of them fetches the next
+    block and the others wait for it: every number of every block is used, one INCRBY per
+    16 creates (it used to be one per waiting create, each using one number of its block)."""
+    store = make_app().extensions["sessionsvc"].store
+    counter = store.root + ":ids"
+    before = int(raw.get(counter) or 0)
+    numbers: list[int] = []
+    start = threading.Barrier(8)
+
+    def reserve() -> None:
+        start.wait()
+        numbers.extend([store.reserve_number() for _ in range(40)])
+
+    threads = [threading.Thread(target=reserve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(numbers) == list(range(before + 1, before + 321))
+    assert int(raw.get(counter)) == before + 320

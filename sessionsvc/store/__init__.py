@@ -181,6 +181,16 @@ class IdempotencyConflict(Exception):
     """The idempotency key was already used, within its window, for a different request."""
 
 
+class _Refill:
+    """A block of ids on its way from Redis, and how its fetch ended for those waiting."""
+
+    __slots__ = ("done", "failure")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.failure: str | None = None  # the StoreUnavailable kind it failed with
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer in time or refused the command; the kind names the reason."""
 
@@ -301,6 +311,7 @@ class TokenStore:
         self._id_lock = threading.Lock()
         self._next_number = 0
         self._block_end = 0
+        self._refill: _Refill | None = None
         self._owners: OrderedDict[int, str] = OrderedDict()
 
     # --- plumbing ------------------------------------------------------------------
@@ -445,26 +456,45 @@ class TokenStore:
     def reserve_number(self) -> int:
         """A record number no other caller will ever get (ids are allocated in blocks).
 
-        The lock guards only the block in memory, never a Redis call: callers that find
-        the block used up each fetch their own, so on a stalled Redis they time out side
-        by side instead of one after another. A block fetched while another caller was
-        refilling gives one number and drops the rest (ids may skip, never repeat).
+        One caller at a time fetches the next block (the lock guards only the block in
+        memory, never a Redis call); callers that find the block used up while it is on
+        its way wait for it instead of fetching blocks of their own. Without that, a busy
+        gevent worker fetched a block for every create waiting at that moment and used one
+        number of each: a second round-trip on most creates. When the fetch fails, its
+        waiters fail with it at once, so on a stalled Redis they answer side by side, not
+        one timeout after another.
         """
-        with self._id_lock:
-            if self._next_number < self._block_end:
-                self._next_number += 1
-                return self._next_number - 1
+        while True:
+            with self._id_lock:
+                if self._next_number < self._block_end:
+                    self._next_number += 1
+                    return self._next_number - 1
+                refill = self._refill
+                if refill is None:
+                    refill = self._refill = _Refill()
+                    break
+            refill.done.wait()
+            if refill.failure is not None:
+                raise StoreUnavailable(refill.failure)
+        try:
+            end = int(self._fetch_block())
+        except StoreUnavailable as error:
+            refill.failure = error.kind
+            raise
+        finally:  # on any other error too: the waiters then try for themselves
+            with self._id_lock:
+                self._refill = None
+            refill.done.set()
+        first = end - ID_BLOCK + 1
+        with self._id_lock:  # nobody else refills: the block is still used up
+            self._next_number, self._block_end = first + 1, end + 1
+        return first
+
+    def _fetch_block(self) -> Any:
         key = self.root + ":ids"
         if self.min_replicas_ack:
-            end = self._attempt("reserve", lambda: self._acknowledged(lambda pipe: pipe.incrby(key, ID_BLOCK)))
-        else:
-            end = self._attempt("reserve", lambda: self.client.incrby(key, ID_BLOCK), retry=True)
-        end = int(end)
-        first = end - ID_BLOCK + 1
-        with self._id_lock:
-            if self._next_number >= self._block_end:
-                self._next_number, self._block_end = first + 1, end + 1
-        return first
+            return self._attempt("reserve", lambda: self._acknowledged(lambda pipe: pipe.incrby(key, ID_BLOCK)))
+        return self._attempt("reserve", lambda: self.client.incrby(key, ID_BLOCK), retry=True)
 
     def _forget_block(self) -> None:
         with self._id_lock:
