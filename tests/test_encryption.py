@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from conftest import API, TEST_KEYS, future
@@ -115,6 +118,20 @@ def test_malformed_keys_are_refused_without_echoing_them(bad):
         Cipher([bad])
     secret_part = bad.partition(":")[2]
     assert not secret_part or secret_part not in str(raised.value)
+
+
+@pytest.mark.parametrize("token", ["a", "eyJhbGciOiJIUzI1NiJ9.e30.sig", "x" * 800, "y" * 8192])
+def test_fingerprint_is_hmac_sha256_of_the_token_under_a_key_derived_from_the_first_key(token):
+    """What the audit line carries, as SECURITY.md defines it: the same for every call,
+    whatever came before (the keyed state is copied, never updated in place)."""
+    first, second = generate_key("one"), generate_key("two")
+    cipher = Cipher([first, second])
+    derived = hmac.new(parse_key(first)[1], b"sessionsvc token fingerprint", hashlib.sha256).digest()
+    expected = hmac.new(derived, token.encode(), hashlib.sha256).hexdigest()[:16]
+    assert cipher.fingerprint(token) == expected
+    cipher.fingerprint("something else")
+    assert cipher.fingerprint(token) == expected
+    assert Cipher([second, first]).fingerprint(token) != expected
 
 
 def test_each_seal_uses_a_fresh_nonce():
