@@ -242,6 +242,7 @@ def wrk_drive(base_url: str, mode: str, duration: float, connections: int, threa
            "BENCH_IDS": str(ids), "BENCH_EXPIRES": expires, "BENCH_TOKEN_CHARS": str(token_chars),
            "BENCH_HISTOGRAM": "1" if histogram else "0"}
     seconds = max(1, round(duration))
+    threads = min(threads, connections)  # wrk needs a connection per thread
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
                "-s", str(WRK_SCRIPT), base_url]
     output = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
@@ -487,13 +488,15 @@ class Bench:
 
     def scale(self) -> dict:
         """Latency of list page 1, page 500, current, validity and POST as the store grows.
-        Light load (few connections) so latency is service time, not queueing; the Redis
-        server's own time per script call (INFO commandstats) is reported next to it."""
+        Page 500 is asked with limit 2 (records 999-1000), so that it exists at every size,
+        1,000 records included. One connection, so latency is service time, not queueing or
+        a share of another request; the Redis server's own time per script call (INFO
+        commandstats) is reported next to it."""
         args = self.args
         sizes = [int(size) for size in args.scale_sizes.split(",")]
         probes = {
             "list page 1": f"{PREFIX}?page=1&limit=20",
-            "list page 500": f"{PREFIX}?page=500&limit=20",
+            "list page 500": f"{PREFIX}?page=500&limit=2",
             "current": f"{PREFIX}/current",
             "validity": f"{PREFIX}/validity",
             "post": "post",
@@ -663,7 +666,9 @@ def index_check(client: redis.Redis, root: str = "{" + SERVICE_PREFIX + "}") -> 
 def load_description(args: argparse.Namespace, run: str) -> str:
     threads = f", {args.threads} threads" if args.driver == "wrk" else ""
     if run == "scale":
-        return f"{args.driver}, {args.scale_connections} connections{threads}, {args.scale_duration:g} s per probe"
+        connections = args.scale_connections
+        threads = f", {min(args.threads, connections)} thread(s)" if args.driver == "wrk" else ""
+        return f"{args.driver}, {connections} connection(s){threads}, {args.scale_duration:g} s per probe"
     if run == "burst":
         return f"{args.driver}, {max(1, args.connections // 2)} connections each for list and POST{threads}"
     return (f"{args.driver}, {args.connections} connections{threads}, "
@@ -817,7 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-configs", default=SWEEP, help="worker_class:workers:threads,...")
     parser.add_argument("--scale-sizes", default="1000,100000,1000000")
     parser.add_argument("--scale-duration", type=float, default=3.0)
-    parser.add_argument("--scale-connections", type=int, default=2)
+    parser.add_argument("--scale-connections", type=int, default=1,
+                        help="one: each probe's latency is its own request's, not a share of another's")
     parser.add_argument("--scale-token-chars", type=int, default=40)
     parser.add_argument("--memory-records", type=int, default=100_000)
     parser.add_argument("--redis-option", action="append", default=[],
