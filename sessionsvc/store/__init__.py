@@ -481,14 +481,15 @@ class TokenStore:
         except StoreUnavailable as error:
             refill.failure = error.kind
             raise
-        finally:  # on any other error too: the waiters then try for themselves
+        else:
+            first = end - ID_BLOCK + 1
+            with self._id_lock:  # nobody else refills: the block is still used up
+                self._next_number, self._block_end = first + 1, end + 1
+            return first
+        finally:  # after the block is in place; on any other error too (waiters then try themselves)
             with self._id_lock:
                 self._refill = None
             refill.done.set()
-        first = end - ID_BLOCK + 1
-        with self._id_lock:  # nobody else refills: the block is still used up
-            self._next_number, self._block_end = first + 1, end + 1
-        return first
 
     def _fetch_block(self) -> Any:
         key = self.root + ":ids"
