@@ -51,6 +51,11 @@ from .vault import Revealed, TokenVault
 PREFIX = "/api/v1/session-storage"
 
 
+# What webargs' use_args would hand on to its parser; the rest of `arguments`' keywords
+# only shape the documentation.
+WEBARGS_PARSE_OPTIONS = ("unknown", "validate", "error_status_code", "error_headers")
+
+
 class ServiceBlueprint(Blueprint):
     ARGUMENTS_PARSER = QueryParser()
 
@@ -82,14 +87,17 @@ class ServiceBlueprint(Blueprint):
         two call-through layers (webargs' `use_args` and flask-smorest's `ensure_sync`)
         it wraps each view in: the parsed dict is passed after the other positional
         arguments or, with `as_kwargs`, as keyword arguments, as `use_args` does."""
+        if "arg_name" in doc:
+            raise TypeError("arguments are passed positionally or as keyword arguments, not by arg_name")
         document = super().arguments(schema, location=location, as_kwargs=as_kwargs, **doc)
         schema = resolve_schema_instance(schema)
         parse = self.ARGUMENTS_PARSER.parse
+        options = {name: doc[name] for name in WEBARGS_PARSE_OPTIONS if name in doc}
 
         def decorate(view: Callable) -> Callable:
             @functools.wraps(view)
             def parse_then_call(*args: Any, **kwargs: Any) -> Any:
-                parsed = parse(schema, location=location)
+                parsed = parse(schema, location=location, **options)
                 if as_kwargs:
                     kwargs.update(parsed)
                     return view(*args, **kwargs)

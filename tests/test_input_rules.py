@@ -168,3 +168,30 @@ def test_a_chunked_body_over_the_limit_is_413_like_any_other(client):
     response = client.post(API, input_stream=io.BytesIO(small), content_type="application/json",
                            headers={"Transfer-Encoding": "chunked"}, environ_overrides=CHUNKED)
     assert response.status_code == 201
+
+
+def test_blueprint_arguments_hand_webargs_options_to_the_parser():
+    """ServiceBlueprint parses arguments itself (api.py); what webargs' use_args would pass
+    on to the parser (here an error status) still reaches it."""
+    from flask import Flask
+    from flask_smorest import Api
+    from marshmallow import Schema, fields
+
+    from sessionsvc.api import ServiceBlueprint
+
+    class Number(Schema):
+        n = fields.Integer(required=True)
+
+    app = Flask(__name__)
+    app.config.update(API_TITLE="t", API_VERSION="1", OPENAPI_VERSION="3.0.3")
+    blueprint = ServiceBlueprint("options", __name__)
+
+    @blueprint.route("/number")
+    @blueprint.arguments(Number, location="query", as_kwargs=True, error_status_code=400)
+    def number(n):
+        return {"n": n}
+
+    Api(app).register_blueprint(blueprint)
+    client = app.test_client()
+    assert client.get("/number?n=3").json == {"n": 3}
+    assert client.get("/number?n=three").status_code == 400
