@@ -665,10 +665,9 @@ def index_check(client: redis.Redis, root: str = "{" + SERVICE_PREFIX + "}") -> 
 
 def load_description(args: argparse.Namespace, run: str) -> str:
     threads = f", {args.threads} threads" if args.driver == "wrk" else ""
-    if run == "scale":
-        connections = args.scale_connections
-        threads = f", {min(args.threads, connections)} thread(s)" if args.driver == "wrk" else ""
-        return f"{args.driver}, {connections} connection(s){threads}, {args.scale_duration:g} s per probe"
+    if run == "scale":  # wrk_drive runs no more threads than connections
+        threads = f", {min(args.threads, args.scale_connections)} thread(s)" if args.driver == "wrk" else ""
+        return f"{args.driver}, {args.scale_connections} connection(s){threads}, {args.scale_duration:g} s per probe"
     if run == "burst":
         return f"{args.driver}, {max(1, args.connections // 2)} connections each for list and POST{threads}"
     return (f"{args.driver}, {args.connections} connections{threads}, "
