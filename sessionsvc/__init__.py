@@ -39,7 +39,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     default the process environment is read. `redis_client` overrides the connection."""
     # Imported here, not at the top: gunicorn's master imports sessionsvc.logs for its
     # logging setup and must not import redis before a gevent worker patches sockets.
-    from . import cli, edge, limits, metrics
+    from . import cli, edge, limits, metrics, turns
     from .api import RecordIdConverter, blp
     from .apidoc import RECORD_ID_SCHEMA
     from .crypto import Cipher
@@ -109,5 +109,6 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     metrics.install(app)
     edge.install(app, config.api_keys, config.proxy_hops)
     limits.install(app, config, client)  # after edge: budgets are spent per authenticated key
+    turns.install(app)  # outermost: a request's turn comes before anything else it does
     cli.register(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -135,3 +136,47 @@ def test_a_busy_gevent_worker_answers_every_request_while_redis_is_healthy(servi
     log = instance.stop()
     assert statuses.count(200) == len(statuses), {status: statuses.count(status) for status in set(statuses)}
     assert "pool_exhausted" not in log
+
+
+def read_responses(connection: socket.socket, count: int) -> None:
+    """Read `count` whole HTTP/1.1 responses (each with a Content-Length) off `connection`."""
+    buffered = b""
+    for _ in range(count):
+        while b"\r\n\r\n" not in buffered:
+            chunk = connection.recv(65536)
+            assert chunk, "the server closed the connection"
+            buffered += chunk
+        head, _, buffered = buffered.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+        while len(buffered) < length:
+            chunk = connection.recv(65536)
+            assert chunk, "the server closed the connection"
+            buffered += chunk
+        buffered = buffered[length:]
+
+
+def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_worker(service):
+    """200 pipelined health checks on one keep-alive connection are all in the worker's
+    hands at once, and none of them waits on anything: without a turn between them, the
+    worker would serve all 200 before a request on another connection."""
+    instance = service(workers=1)
+    port = instance.port
+
+    def request(request_id: str) -> bytes:
+        return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
+
+    with socket.create_connection(("127.0.0.1", port)) as busy, socket.create_connection(("127.0.0.1", port)) as other:
+        for connection, name in ((busy, "busy-warm"), (other, "other-warm")):  # both connections being served
+            connection.sendall(request(name))
+            read_responses(connection, 1)
+        busy.sendall(b"".join(request(f"busy-{number}") for number in range(200)))
+        read_responses(busy, 1)  # the worker is busy with them
+        other.sendall(request("other"))
+        read_responses(other, 1)
+        read_responses(busy, 199)
+    log = instance.stop()
+    order = [line["request_id"] for line in map(json.loads, filter(None, log.splitlines()))
+             if line.get("logger") == "gunicorn.access" and line.get("request_id", "").startswith(("busy-", "other"))]
+    assert len(order) == 203, order
+    served_before = order.index("other") - order.index("busy-0")
+    assert served_before < 100, f"{served_before} of the busy connection's requests were served first"
