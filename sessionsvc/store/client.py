@@ -74,9 +74,12 @@ def unavailable_kind(error: Exception) -> str | None:
 
 
 def _os_poll() -> Any:
-    """`select.poll` as the OS gives it, also where gevent has patched the select module."""
+    """`select.poll` as the OS gives it, also where gevent has patched the select module
+    (None where there is none to be had: Windows, eventlet's green select)."""
     monkey = sys.modules.get("gevent.monkey")
-    return monkey.get_original("select", "poll") if monkey is not None else select.poll
+    if monkey is not None:
+        return monkey.get_original("select", "poll")
+    return getattr(select, "poll", None)
 
 
 class ReadinessCheckingParser(_HiredisParser):
@@ -99,7 +102,10 @@ class ReadinessCheckingParser(_HiredisParser):
 
     def can_read(self, timeout: float = 0) -> bool:
         sock, reader = self._sock, self._reader
-        if timeout == 0 and sock is not None and reader and not hasattr(sock, "pending") and not reader.has_data():
+        if (
+            timeout == 0 and self._os_poll is not None and sock is not None and reader
+            and not hasattr(sock, "pending") and not reader.has_data()
+        ):
             poller = self._os_poll()
             poller.register(sock, select.POLLIN)
             if not poller.poll(0):
