@@ -27,20 +27,24 @@ def gevent_patched() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def take_turn() -> None:
-    """Let the event loop make one pass before this greenlet goes on. A timer due at once
-    (not ``gevent.sleep``: its zero runs no I/O, and any positive time lets libev's
-    epoll wait up to a millisecond)."""
+def make_turn_taker() -> Callable[[], None]:
+    """A function that lets the event loop make one pass before the calling greenlet goes
+    on: a timer due at once (not ``gevent.sleep``: its zero runs no I/O, and any positive
+    time lets libev's epoll wait up to a millisecond). gevent is looked up here, once, not
+    on every turn."""
     from gevent import get_hub
 
-    hub = get_hub()
-    with hub.loop.timer(0) as timer:
-        hub.wait(timer)
+    def take_turn() -> None:
+        hub = get_hub()
+        with hub.loop.timer(0) as timer:
+            hub.wait(timer)
+
+    return take_turn
 
 
 def turn_taker() -> Callable[[], None] | None:
-    """`take_turn` under gevent, else None."""
-    return take_turn if gevent_patched() else None
+    """A turn taker under gevent, else None."""
+    return make_turn_taker() if gevent_patched() else None
 
 
 class FairTurns:
@@ -53,13 +57,14 @@ class FairTurns:
 
         self.wsgi_app = wsgi_app
         self._get_hub, self._getcurrent = get_hub, getcurrent
+        self._take_turn = make_turn_taker()
 
     def __call__(self, environ, start_response):
         current, loop = self._getcurrent(), self._get_hub().loop
         # libev counts the loop's passes; where the loop does not (libuv), always turn.
         passes = getattr(loop, "iteration", None)
         if passes is None or getattr(current, "sessionsvc_loop_pass", None) == passes:
-            take_turn()
+            self._take_turn()
             passes = getattr(loop, "iteration", None)
         current.sessionsvc_loop_pass = passes
         return self.wsgi_app(environ, start_response)
