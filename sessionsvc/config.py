@@ -14,6 +14,10 @@ from dataclasses import dataclass, field, fields, replace
 
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
+# Bearer keys and secrets production accepts: at least this long (`generate-api-key` prints
+# 43 characters), and none of the example values shown in deploy/ and the README.
+MIN_SECRET_LENGTH = 32
+EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "change_me", "key1", "key2", "<key>"})
 
 
 class ConfigError(ValueError):
@@ -199,6 +203,7 @@ class Config:
                     "SESSIONSVC_API_KEYS: production refuses to serve a public token store; set "
                     "API keys, or SESSIONSVC_ALLOW_PUBLIC=true to accept the risk explicitly"
                 )
+            _check_secrets("SESSIONSVC_API_KEYS", self.api_keys)
 
     def _check_topology(self) -> None:
         scheme = (self.redis_url or "").partition("://")[0].lower()
@@ -226,3 +231,19 @@ class Config:
                 "SESSIONSVC_REPLICA_ACK_TIMEOUT_MS: must be below SESSIONSVC_REDIS_TIMEOUT_SECONDS, "
                 "or the socket times out before WAIT answers"
             )
+
+
+def _check_secrets(name: str, values: tuple[str, ...]) -> None:
+    """Refuse guessable bearer keys or secrets, naming the variable and the entry's
+    position, never the value."""
+    for position, value in enumerate(values, start=1):
+        if value.casefold() in EXAMPLE_SECRETS:
+            problem = "is an example placeholder from the documentation"
+        elif len(value) < MIN_SECRET_LENGTH:
+            problem = f"is shorter than {MIN_SECRET_LENGTH} characters"
+        else:
+            continue
+        raise ConfigError(
+            f"{name}: entry {position} {problem}; production needs long random keys "
+            "(generate one with `flask --app wsgi generate-api-key`)"
+        )

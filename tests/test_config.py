@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from conftest import API, TEST_KEYS, future
 from sessionsvc import create_app
 from sessionsvc.config import Config, ConfigError
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+API_KEY = "k-production-test-key-0123456789abcdef"
+PRODUCTION = {"env": "production", "redis_url": "redis://127.0.0.1:1/0", "encryption_keys": TEST_KEYS}
 
 
 def test_settings_come_from_the_documented_variables():
@@ -50,8 +55,8 @@ def test_malformed_values_are_refused_naming_the_variable(variable, value):
 @pytest.mark.parametrize(
     "settings, missing",
     [
-        ({"encryption_keys": TEST_KEYS, "api_keys": ("k",)}, "SESSIONSVC_REDIS_URL"),
-        ({"redis_url": "redis://127.0.0.1:1/0", "api_keys": ("k",)}, "SESSIONSVC_ENCRYPTION_KEYS"),
+        ({"encryption_keys": TEST_KEYS, "api_keys": (API_KEY,)}, "SESSIONSVC_REDIS_URL"),
+        ({"redis_url": "redis://127.0.0.1:1/0", "api_keys": (API_KEY,)}, "SESSIONSVC_ENCRYPTION_KEYS"),
         ({"redis_url": "redis://127.0.0.1:1/0", "encryption_keys": TEST_KEYS}, "SESSIONSVC_API_KEYS"),
     ],
 )
@@ -61,9 +66,38 @@ def test_production_refuses_unsafe_settings_saying_which(settings, missing):
 
 
 def test_production_starts_with_real_settings():
-    app = create_app(Config(env="production", redis_url="redis://127.0.0.1:1/0", encryption_keys=TEST_KEYS,
-                            api_keys=("k",)))
+    app = create_app(Config(**PRODUCTION, api_keys=(API_KEY,)))
     assert app.extensions["sessionsvc"].cipher.current_key_id == "test"
+
+
+@pytest.mark.parametrize(
+    "weak",
+    ["CHANGE-ME", "change-me", "Key1", "<key>", "x", "short-secret-Q7" + "z" * 16],
+    ids=["deploy-placeholder", "placeholder-lower-case", "readme-example", "readme-bearer", "one-character",
+         "31-characters"],
+)
+def test_production_refuses_weak_or_placeholder_api_keys_without_echoing_them(weak):
+    for keys in ((weak,), (API_KEY, weak)):
+        with pytest.raises(ConfigError, match="SESSIONSVC_API_KEYS") as refused:
+            Config(**PRODUCTION, api_keys=keys).check()
+        assert len(weak) == 1 or weak.casefold() not in str(refused.value).casefold()
+        assert f"entry {len(keys)}" in str(refused.value)
+    Config(api_keys=(weak,)).check()  # development takes any key
+
+
+def test_the_deploy_example_is_refused_until_its_placeholders_are_replaced():
+    example = dict(line.split("=", 1) for line in (DEPLOY / "sessionsvc.env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert "generate-api-key" in (DEPLOY / "sessionsvc.env").read_text()
+    with pytest.raises(ConfigError, match="SESSIONSVC_API_KEYS"):
+        Config.from_env(example).check()
+
+
+def test_generate_api_key_prints_a_key_production_accepts():
+    runner = create_app(Config(encryption_keys=TEST_KEYS)).test_cli_runner()
+    keys = [runner.invoke(args=["generate-api-key"]).output.strip() for _ in range(2)]
+    assert keys[0] != keys[1] and all(len(key) == 43 for key in keys)
+    assert create_app(Config(**PRODUCTION, api_keys=tuple(keys))).test_client().get("/healthz").status_code == 200
 
 
 def test_key_prefix_with_braces_is_refused():
