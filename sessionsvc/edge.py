@@ -13,6 +13,7 @@ from flask_smorest import Api, abort
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import PREFIX
+from .config import Config
 from .logs import REQUEST_ID_ENVIRON_KEY
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
@@ -25,6 +26,7 @@ DOCS_CSP = (
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 BEARER_SCHEME = "bearerAuth"
+CLIENT_ID_SECRET_LABEL = b"sessionsvc client id secret"
 
 
 class DoubledPrefixAlias:
@@ -109,16 +111,34 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
+def client_id_secret(config: Config) -> bytes:
+    """The key of client ids: SESSIONSVC_CLIENT_ID_SECRET, else one derived from the whole
+    set of API keys, so every host with the same configuration derives the same."""
+    if config.client_id_secret:
+        return config.client_id_secret.encode()
+    joined = ",".join(sorted(config.api_keys)).encode()  # a comma never occurs in a key
+    return hmac.new(CLIENT_ID_SECRET_LABEL, joined, "sha256").digest()
+
+
+def client_id(secret: bytes, api_key: str) -> str:
+    """An API key's id in rate-limit counters, audit lines and idempotency scopes: keyed
+    with a server secret, so whoever reads Redis or the logs cannot test key guesses
+    against it; 32 hex characters (128 bits)."""
+    return hmac.new(secret, api_key.encode(), "sha256").hexdigest()[:32]
+
+
+def install(app: Flask, config: Config) -> None:
     app.wsgi_app = ResponseHeaders(DoubledPrefixAlias(app.wsgi_app))
-    if proxy_hops:
+    if config.proxy_hops:
         # The client address (rate limits, logs) is the one the trusted proxies saw; with no
         # proxies configured, X-Forwarded-For is ignored, since any client can write it.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxy_hops, x_proto=proxy_hops)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops, x_proto=config.proxy_hops)
     # Digests are compared, so the comparison takes the same time whatever the lengths.
-    key_digests = [_digest(key.encode()) for key in api_keys]
+    # Each key's id is worked out once, here.
+    secret = client_id_secret(config)
+    keys = [(_digest(key.encode()), client_id(secret, key)) for key in config.api_keys]
 
-    if key_digests:
+    if keys:
 
         @app.before_request
         def authenticate():
@@ -126,15 +146,15 @@ def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
             if not request.path.startswith("/api/") or request.method == "OPTIONS":
                 return
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-            presented_bytes = presented.strip().encode("utf-8", "replace")
-            presented_digest = _digest(presented_bytes)
-            matched = False
-            for key_digest in key_digests:  # every key compared, in constant time
-                matched |= hmac.compare_digest(presented_digest, key_digest)
-            if scheme.lower() != "bearer" or not matched:
+            presented_digest = _digest(presented.strip().encode("utf-8", "replace"))
+            matched = None
+            for key_digest, key_id in keys:  # every key compared, in constant time
+                if hmac.compare_digest(presented_digest, key_digest):
+                    matched = key_id
+            if scheme.lower() != "bearer" or matched is None:
                 abort(
                     401,
                     message="A valid API key is required (Authorization: Bearer <key>).",
                     headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'},
                 )
-            g.client_key_id = hmac.new(b"sessionsvc client", presented_bytes, "sha256").hexdigest()[:8]
+            g.client_key_id = matched

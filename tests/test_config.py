@@ -135,3 +135,10 @@ def test_separate_key_prefixes_are_separate_stores(real_redis, tmp_path):
     assert tenant_a.get(API).json["pagination"]["total"] == 1
     assert {key.split(b":")[0] for key in real_redis.keys("*")} == {b"{tenant-a}", b"{tenant-b}"}
 
+
+
+def test_production_refuses_a_short_client_id_secret_without_echoing_it():
+    with pytest.raises(ConfigError, match="SESSIONSVC_CLIENT_ID_SECRET") as refused:
+        Config(**PRODUCTION, api_keys=(API_KEY,), client_id_secret="short-client-secret").check()
+    assert "short-client-secret" not in str(refused.value)
+    Config(**PRODUCTION, api_keys=(API_KEY,), client_id_secret=API_KEY[::-1]).check()

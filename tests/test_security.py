@@ -3,6 +3,7 @@ crypto trouble, the audit trail of reveals, and what user input may reach in Red
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 import threading
@@ -275,10 +276,36 @@ def test_each_reveal_is_audited_with_ids_and_a_fingerprint_never_the_token(auth_
         assert line.request_id == request_id
         assert (line.record_id, line.user_id, line.fingerprint, line.reveal_count) == (
             record_id, "alice", fingerprint, count)
-        assert len(line.client_key_id) == 8 and line.client_key_id not in (API_KEY, OTHER_KEY)
+        assert len(line.client_key_id) == 32 and line.client_key_id not in (API_KEY, OTHER_KEY)
     assert lines[0].client_key_id != lines[1].client_key_id  # two keys, two clients
     assert TOKEN not in "\n".join(str(line.__dict__) for line in lines)
     assert fingerprint not in TOKEN and len(fingerprint) == 16
+
+
+def client_id_of(app, key: str, caplog) -> str:
+    """The client id the audit line of one reveal with `key` names."""
+    client = app.test_client()
+    created = client.post(API, json={"user_id": "alice", "token": TOKEN, "expires_at": future()}, headers=bearer(key))
+    caplog.clear()
+    assert client.get(f"{API}/{created.json['id']}", headers=bearer(key)).status_code == 200
+    return audit_lines(caplog)[-1].client_key_id
+
+
+def test_client_ids_are_keyed_with_a_server_secret_that_hosts_of_one_configuration_share(make_app, caplog):
+    caplog.set_level(logging.INFO, logger="sessionsvc.audit")
+    keys = (API_KEY, OTHER_KEY)
+    derived = client_id_of(make_app(api_keys=keys), API_KEY, caplog)
+    assert len(derived) == 32 and int(derived, 16) >= 0
+    unkeyed = hmac.new(b"sessionsvc client", API_KEY.encode(), "sha256").hexdigest()
+    assert derived[:8] != unkeyed[:8] and derived != unkeyed[:32]
+    assert client_id_of(make_app(api_keys=keys), API_KEY, caplog) == derived  # another host, same settings
+    assert client_id_of(make_app(api_keys=tuple(reversed(keys))), API_KEY, caplog) == derived
+    secret = "s-client-id-secret-0123456789abcdef"
+    chosen = client_id_of(make_app(api_keys=keys, client_id_secret=secret), API_KEY, caplog)
+    assert len(chosen) == 32 and chosen != derived
+    assert client_id_of(make_app(api_keys=keys, client_id_secret=secret), API_KEY, caplog) == chosen
+    assert client_id_of(make_app(api_keys=keys, client_id_secret=secret + "2"), API_KEY, caplog) != chosen
+    assert client_id_of(make_app(api_keys=(API_KEY,)), API_KEY, caplog) != derived  # another key set
 
 
 def test_reveals_are_counted_exactly_under_concurrency(real_redis, tmp_path):
