@@ -7,6 +7,7 @@ production settings with a message naming the variable and the reason.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -123,6 +124,11 @@ class Config:
     )
     rate_limit: str | None = field(default=None, metadata={"env": "SESSIONSVC_RATE_LIMIT"})
     proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
+    # gunicorn's own variable (gunicorn.conf.py passes it on): the peers whose
+    # X-Forwarded-* headers are believed.
+    forwarded_allow_ips: tuple[str, ...] = field(
+        default=("127.0.0.1", "::1"), metadata={"env": "FORWARDED_ALLOW_IPS", "parse": _list}
+    )
 
     @property
     def production(self) -> bool:
@@ -132,6 +138,22 @@ class Config:
     def embedded_store(self) -> bool:
         """No Redis configured: run on an in-process fakeredis (development only)."""
         return not self.redis_url and not self.redis_sentinels
+
+    def trusted_proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+        """FORWARDED_ALLOW_IPS as networks (an address is a network of one); None for `*`,
+        which trusts every peer."""
+        if "*" in self.forwarded_allow_ips:
+            return None
+        networks = []
+        for entry in self.forwarded_allow_ips:
+            try:
+                networks.append(ipaddress.ip_network(entry))
+            except ValueError:
+                raise ConfigError(
+                    f"FORWARDED_ALLOW_IPS: expected comma-separated addresses or networks like "
+                    f"'127.0.0.1,10.0.0.0/8', or '*', got {entry!r}"
+                ) from None
+        return tuple(networks)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -186,6 +208,7 @@ class Config:
                     f"site), got {origin!r}"
                 )
         self._check_topology()
+        self.trusted_proxies()  # a malformed entry raises ConfigError
         if self.idempotency_seconds < 1:
             raise ConfigError("SESSIONSVC_IDEMPOTENCY_SECONDS: must be at least 1")
         if self.production:

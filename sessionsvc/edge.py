@@ -3,8 +3,10 @@ response headers. Nothing here knows about tokens beyond keeping them out of cac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 
@@ -98,6 +100,35 @@ class ResponseHeaders:
         return self.wsgi_app(environ, start_with_headers)
 
 
+class TrustedProxies:
+    """Takes the client's address and scheme from X-Forwarded-For and X-Forwarded-Proto
+    (werkzeug's ProxyFix, `hops` proxies deep) only when the connecting peer is one of
+    the trusted proxies (FORWARDED_ALLOW_IPS; None trusts every peer). From any other
+    peer those headers are the client's own words and are ignored: it cannot pick the
+    address its budgets are counted under."""
+
+    def __init__(self, wsgi_app, hops: int, networks: tuple | None):
+        self.direct = wsgi_app
+        self.proxied = ProxyFix(wsgi_app, x_for=hops, x_proto=hops)
+        self.networks = networks
+        self.trusted = functools.lru_cache(maxsize=1024)(self._trusted)  # peers are few
+
+    def _trusted(self, peer: str) -> bool:
+        if self.networks is None:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:  # not an IP peer (a Unix socket, say)
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # an IPv4 peer of a dual-stack socket
+        return any(address in network for network in self.networks)
+
+    def __call__(self, environ, start_response):
+        trusted = self.trusted(environ.get("REMOTE_ADDR", ""))
+        return (self.proxied if trusted else self.direct)(environ, start_response)
+
+
 def declare_bearer_auth(api: Api) -> None:
     """Declare the bearer scheme in the OpenAPI document (Swagger UI's Authorize button)."""
     api.spec.components.security_scheme(
@@ -132,7 +163,7 @@ def install(app: Flask, config: Config) -> None:
     if config.proxy_hops:
         # The client address (rate limits, logs) is the one the trusted proxies saw; with no
         # proxies configured, X-Forwarded-For is ignored, since any client can write it.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.proxy_hops, x_proto=config.proxy_hops)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, config.proxy_hops, config.trusted_proxies())
     # Digests are compared, so the comparison takes the same time whatever the lengths.
     # Each key's id is worked out once, here.
     secret = client_id_secret(config)

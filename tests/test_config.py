@@ -142,3 +142,16 @@ def test_production_refuses_a_short_client_id_secret_without_echoing_it():
         Config(**PRODUCTION, api_keys=(API_KEY,), client_id_secret="short-client-secret").check()
     assert "short-client-secret" not in str(refused.value)
     Config(**PRODUCTION, api_keys=(API_KEY,), client_id_secret=API_KEY[::-1]).check()
+
+
+def test_trusted_proxies_come_from_gunicorns_forwarded_allow_ips():
+    assert Config.from_env({}).forwarded_allow_ips == ("127.0.0.1", "::1")
+    config = Config.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 2001:db8::1"})
+    assert [str(network) for network in config.trusted_proxies()] == ["10.0.0.0/8", "2001:db8::1/128"]
+    assert Config(forwarded_allow_ips=("*",)).trusted_proxies() is None
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.300", "10.0.0.1/8", "localhost", "10.0.0.0/33"])
+def test_malformed_trusted_proxies_are_refused_naming_the_variable(entry):
+    with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
+        Config(forwarded_allow_ips=("127.0.0.1", entry)).check()
