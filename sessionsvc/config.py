@@ -123,6 +123,7 @@ class Config:
         default=(), metadata={"env": "SESSIONSVC_CORS_ORIGINS", "parse": _list}
     )
     rate_limit: str | None = field(default=None, metadata={"env": "SESSIONSVC_RATE_LIMIT"})
+    auth_failures: str = field(default="30 per minute", metadata={"env": "SESSIONSVC_AUTH_FAILURES"})
     proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
     # gunicorn's own variable (gunicorn.conf.py passes it on): the peers whose
     # X-Forwarded-* headers are believed.
@@ -191,15 +192,8 @@ class Config:
         if self.max_ttl_seconds < 1:
             raise ConfigError("SESSIONSVC_MAX_TTL_SECONDS: must be at least 1")
         if self.rate_limit:
-            from limits import parse_many
-
-            try:
-                parse_many(self.rate_limit)
-            except ValueError:
-                raise ConfigError(
-                    f"SESSIONSVC_RATE_LIMIT: expected limits like '100/second' or '1000 per minute; "
-                    f"50 per second', got {self.rate_limit!r}"
-                ) from None
+            _check_limits("SESSIONSVC_RATE_LIMIT", self.rate_limit)
+        _check_limits("SESSIONSVC_AUTH_FAILURES", self.auth_failures)
         for origin in self.cors_origins:
             if not CORS_ORIGIN_PATTERN.match(origin):
                 raise ConfigError(
@@ -256,6 +250,18 @@ class Config:
                 "SESSIONSVC_REPLICA_ACK_TIMEOUT_MS: must be below SESSIONSVC_REDIS_TIMEOUT_SECONDS, "
                 "or the socket times out before WAIT answers"
             )
+
+
+def _check_limits(name: str, value: str) -> None:
+    """Refuse what the `limits` library (flask-limiter's) cannot parse."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected limits like '100/second' or '1000 per minute; 50 per second', got {value!r}"
+        ) from None
 
 
 def _check_secrets(name: str, values: tuple[str, ...]) -> None:

@@ -9,6 +9,7 @@ import hmac
 import ipaddress
 import os
 import re
+from typing import Any
 
 from flask import Flask, g, request
 from flask_smorest import Api, abort
@@ -16,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import PREFIX
 from .config import Config
+from .limits import FailedAuthentications
 from .logs import REQUEST_ID_ENVIRON_KEY
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
@@ -29,6 +31,7 @@ DOCS_CSP = (
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 BEARER_SCHEME = "bearerAuth"
 CLIENT_ID_SECRET_LABEL = b"sessionsvc client id secret"
+TOO_MANY_FAILURES = "Too many failed authentications from this address; retry after the seconds in Retry-After."
 
 
 class DoubledPrefixAlias:
@@ -158,7 +161,7 @@ def client_id(secret: bytes, api_key: str) -> str:
     return hmac.new(secret, api_key.encode(), "sha256").hexdigest()[:32]
 
 
-def install(app: Flask, config: Config) -> None:
+def install(app: Flask, config: Config, redis_client: Any) -> None:
     app.wsgi_app = ResponseHeaders(DoubledPrefixAlias(app.wsgi_app))
     if config.proxy_hops:
         # The client address (rate limits, logs) is the one the trusted proxies saw; with no
@@ -170,12 +173,19 @@ def install(app: Flask, config: Config) -> None:
     keys = [(_digest(key.encode()), client_id(secret, key)) for key in config.api_keys]
 
     if keys:
+        failures = FailedAuthentications(config, redis_client)
 
         @app.before_request
         def authenticate():
             # A CORS preflight carries no credentials by design and reveals nothing.
             if not request.path.startswith("/api/") or request.method == "OPTIONS":
                 return
+            # An address past its budget of failures learns nothing more, not even
+            # whether the key it sends now is right.
+            address = request.remote_addr or "unknown"
+            retry_after = failures.retry_after(address)
+            if retry_after is not None:
+                abort(429, message=TOO_MANY_FAILURES, headers={"Retry-After": str(retry_after)})
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             presented_digest = _digest(presented.strip().encode("utf-8", "replace"))
             matched = None
@@ -183,6 +193,7 @@ def install(app: Flask, config: Config) -> None:
                 if hmac.compare_digest(presented_digest, key_digest):
                     matched = key_id
             if scheme.lower() != "bearer" or matched is None:
+                failures.failed(address)
                 abort(
                     401,
                     message="A valid API key is required (Authorization: Bearer <key>).",

@@ -133,11 +133,78 @@ def test_production_refuses_to_serve_publicly_unless_told_to():
     assert create_app(Config(**settings, allow_public=True)).test_client().get("/healthz").status_code == 200
 
 
+# --- failed authentication -------------------------------------------------------------
+
+ATTACKER = {"REMOTE_ADDR": "203.0.113.9"}
+NEIGHBOUR = {"REMOTE_ADDR": "203.0.113.10"}
+
+
+def assert_failures_429(response) -> None:
+    assert response.status_code == 429
+    assert response.json == {"code": 429, "status": "Too Many Requests", "message": (
+        "Too many failed authentications from this address; retry after the seconds in Retry-After.")}
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_past_its_failed_authentication_budget_an_address_gets_429_before_any_key_check(make_app):
+    client = make_app(api_keys=(API_KEY, OTHER_KEY)).test_client()
+    assert [client.get(API, headers=bearer(API_KEY), environ_base=ATTACKER).status_code
+            for _ in range(3)] == [200] * 3  # successes spend nothing
+    guesses = [client.get(API, headers=bearer(f"guess-{n}"), environ_base=ATTACKER).status_code for n in range(30)]
+    assert guesses == [401] * 30
+    assert_failures_429(client.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))  # even the right key
+    assert_failures_429(client.post(API, json={"user_id": "u", "token": TOKEN, "expires_at": future()},
+                                    headers=bearer(OTHER_KEY), environ_base=ATTACKER))
+    assert_failures_429(client.get(API + API, environ_base=ATTACKER))  # the doubled alias too
+    assert client.get("/healthz", environ_base=ATTACKER).status_code == 200
+    # Another address is unaffected, its own failures counted apart.
+    assert client.get(API, headers=bearer(API_KEY), environ_base=NEIGHBOUR).status_code == 200
+    assert client.get(API, headers=bearer("guess"), environ_base=NEIGHBOUR).status_code == 401
+
+
+def test_the_failure_budget_is_configurable(make_app):
+    client = make_app(api_keys=(API_KEY,), auth_failures="2 per minute").test_client()
+    assert [client.get(API, environ_base=ATTACKER).status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_the_failure_budget_is_shared_by_app_instances_on_one_redis(real_redis, tmp_path):
+    def instance():
+        app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis), api_keys=(API_KEY,)))
+        app.instance_path = str(tmp_path)
+        return app.test_client()
+
+    first, second = instance(), instance()
+    statuses = [(first if n % 2 else second).get(API, headers=bearer(f"guess-{n}"), environ_base=ATTACKER).status_code
+                for n in range(30)]
+    assert statuses == [401] * 30
+    assert_failures_429(first.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))
+    assert_failures_429(second.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))
+    assert second.get(API, headers=bearer(API_KEY), environ_base=NEIGHBOUR).status_code == 200
+    counters = [key for key in real_redis.keys("*") if b"authfail" in key]
+    assert counters and all(key.startswith(b"sessionsvc:authfail:") for key in counters)
+    assert not [key for key in real_redis.keys("*") if b"guess" in key]
+
+
+def test_failed_authentication_is_counted_in_memory_while_redis_is_down():
+    client = create_app(Config(encryption_keys=TEST_KEYS, redis_url=closed_port_url(),
+                               api_keys=(API_KEY,), auth_failures="3 per minute")).test_client()
+    assert client.get(API, headers=bearer(API_KEY)).status_code == 503  # answered by the store
+    assert [client.get(API, headers=bearer("guess")).status_code for _ in range(3)] == [401] * 3
+    assert_failures_429(client.get(API, headers=bearer(API_KEY)))
+
+
+def test_without_keys_nothing_counts_failures(client, raw):
+    assert [client.get(API, headers=bearer(f"guess-{n}")).status_code for n in range(40)] == [200] * 40
+    assert not [key for key in raw.keys("*") if b"authfail" in key]
+
+
 @pytest.mark.parametrize(
     "settings, variable",
     [({"cors_origins": ("*",)}, "SESSIONSVC_CORS_ORIGINS"),
      ({"cors_origins": ("https://app.example.com/path",)}, "SESSIONSVC_CORS_ORIGINS"),
-     ({"rate_limit": "lots"}, "SESSIONSVC_RATE_LIMIT")],
+     ({"rate_limit": "lots"}, "SESSIONSVC_RATE_LIMIT"),
+     ({"auth_failures": "lots"}, "SESSIONSVC_AUTH_FAILURES")],
 )
 def test_unsafe_or_malformed_edge_settings_are_refused_naming_the_variable(settings, variable):
     with pytest.raises(ConfigError, match=variable):
