@@ -97,6 +97,9 @@ class Config:
     api_keys: tuple[str, ...] = field(
         default=(), metadata={"env": "SESSIONSVC_API_KEYS", "parse": _list}
     )
+    metrics_keys: tuple[str, ...] = field(
+        default=(), metadata={"env": "SESSIONSVC_METRICS_KEYS", "parse": _list}
+    )
     client_id_secret: str | None = field(default=None, metadata={"env": "SESSIONSVC_CLIENT_ID_SECRET"})
     allow_public: bool = field(
         default=False, metadata={"env": "SESSIONSVC_ALLOW_PUBLIC", "parse": _bool}
@@ -222,6 +225,7 @@ class Config:
                     "API keys, or SESSIONSVC_ALLOW_PUBLIC=true to accept the risk explicitly"
                 )
             _check_secrets("SESSIONSVC_API_KEYS", self.api_keys)
+            _check_secrets("SESSIONSVC_METRICS_KEYS", self.metrics_keys)
             _check_secrets("SESSIONSVC_CLIENT_ID_SECRET", (self.client_id_secret,) if self.client_id_secret else ())
 
     def _check_topology(self) -> None:

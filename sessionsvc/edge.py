@@ -17,11 +17,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import PREFIX
 from .config import Config
+from .errors import ERROR_RESPONSES
 from .limits import FailedAuthentications
 from .logs import REQUEST_ID_ENVIRON_KEY
+from .metrics import METRICS_PATH
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json")  # never authenticated
 # What Swagger UI needs, no more (checked in a browser by tests/test_docs_browser.py): its
 # own script, stylesheet and API calls, and data: images (the icons in its stylesheet).
 DOCS_CSP = (
@@ -31,6 +33,8 @@ DOCS_CSP = (
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 BEARER_SCHEME = "bearerAuth"
 CLIENT_ID_SECRET_LABEL = b"sessionsvc client id secret"
+API_KEY_REQUIRED = ERROR_RESPONSES[401][1]
+METRICS_KEY_REQUIRED = "A valid API key or metrics key is required (Authorization: Bearer <key>)."
 TOO_MANY_FAILURES = "Too many failed authentications from this address; retry after the seconds in Retry-After."
 
 
@@ -168,35 +172,39 @@ def install(app: Flask, config: Config, redis_client: Any) -> None:
         # proxies configured, X-Forwarded-For is ignored, since any client can write it.
         app.wsgi_app = TrustedProxies(app.wsgi_app, config.proxy_hops, config.trusted_proxies())
     # Digests are compared, so the comparison takes the same time whatever the lengths.
-    # Each key's id is worked out once, here.
+    # Each API key's client id is worked out once, here; a metrics key names no client.
     secret = client_id_secret(config)
-    keys = [(_digest(key.encode()), client_id(secret, key)) for key in config.api_keys]
+    api_keys = tuple((_digest(key.encode()), client_id(secret, key)) for key in config.api_keys)
+    scraper_keys = api_keys + tuple((_digest(key.encode()), "") for key in config.metrics_keys)
+    if not scraper_keys:
+        return  # public mode: nothing to authenticate, no failures to count
+    failures = FailedAuthentications(config, redis_client)
 
-    if keys:
-        failures = FailedAuthentications(config, redis_client)
-
-        @app.before_request
-        def authenticate():
-            # A CORS preflight carries no credentials by design and reveals nothing.
-            if not request.path.startswith("/api/") or request.method == "OPTIONS":
-                return
-            # An address past its budget of failures learns nothing more, not even
-            # whether the key it sends now is right.
-            address = request.remote_addr or "unknown"
-            retry_after = failures.retry_after(address)
-            if retry_after is not None:
-                abort(429, message=TOO_MANY_FAILURES, headers={"Retry-After": str(retry_after)})
-            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-            presented_digest = _digest(presented.strip().encode("utf-8", "replace"))
-            matched = None
-            for key_digest, key_id in keys:  # every key compared, in constant time
-                if hmac.compare_digest(presented_digest, key_digest):
-                    matched = key_id
-            if scheme.lower() != "bearer" or matched is None:
-                failures.failed(address)
-                abort(
-                    401,
-                    message="A valid API key is required (Authorization: Bearer <key>).",
-                    headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'},
-                )
+    @app.before_request
+    def authenticate():
+        if request.path.startswith("/api/"):
+            keys, message = api_keys, API_KEY_REQUIRED
+        elif request.path == METRICS_PATH:
+            keys, message = scraper_keys, METRICS_KEY_REQUIRED
+        else:
+            return
+        # A CORS preflight carries no credentials by design and reveals nothing.
+        if not keys or request.method == "OPTIONS":
+            return
+        # An address past its budget of failures learns nothing more, not even whether
+        # the key it sends now is right.
+        address = request.remote_addr or "unknown"
+        retry_after = failures.retry_after(address)
+        if retry_after is not None:
+            abort(429, message=TOO_MANY_FAILURES, headers={"Retry-After": str(retry_after)})
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        presented_digest = _digest(presented.strip().encode("utf-8", "replace"))
+        matched = None
+        for key_digest, key_id in keys:  # every key compared, in constant time
+            if hmac.compare_digest(presented_digest, key_digest):
+                matched = key_id
+        if scheme.lower() != "bearer" or matched is None:
+            failures.failed(address)
+            abort(401, message=message, headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'})
+        if matched:
             g.client_key_id = matched

@@ -137,6 +137,13 @@ def test_separate_key_prefixes_are_separate_stores(real_redis, tmp_path):
 
 
 
+def test_production_refuses_weak_or_placeholder_metrics_keys():
+    for weak in ("CHANGE-ME", "scraper"):
+        with pytest.raises(ConfigError, match="SESSIONSVC_METRICS_KEYS"):
+            Config(**PRODUCTION, api_keys=(API_KEY,), metrics_keys=(API_KEY[::-1], weak)).check()
+    Config(**PRODUCTION, api_keys=(API_KEY,), metrics_keys=(API_KEY[::-1],)).check()
+
+
 def test_production_refuses_a_short_client_id_secret_without_echoing_it():
     with pytest.raises(ConfigError, match="SESSIONSVC_CLIENT_ID_SECRET") as refused:
         Config(**PRODUCTION, api_keys=(API_KEY,), client_id_secret="short-client-secret").check()

@@ -199,6 +199,45 @@ def test_without_keys_nothing_counts_failures(client, raw):
     assert not [key for key in raw.keys("*") if b"authfail" in key]
 
 
+# --- /metrics ----------------------------------------------------------------------------
+
+METRICS_KEY = "m-scraper-key-0123456789abcdef0123"
+
+
+def test_metrics_need_an_api_key_or_a_metrics_key_when_api_keys_are_set(make_app):
+    client = make_app(api_keys=(API_KEY,), metrics_keys=(METRICS_KEY,)).test_client()
+    for headers in ({}, bearer("wrong"), {"Authorization": METRICS_KEY}, bearer(METRICS_KEY + "x"),
+                    {"Authorization": f"Basic {API_KEY}"}):
+        response = client.get("/metrics", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="sessionsvc"'
+        assert response.is_json and set(response.json) == {"code", "status", "message"}
+        assert b"sessionsvc_" not in response.get_data()
+    for key in (API_KEY, METRICS_KEY):
+        response = client.get("/metrics", headers=bearer(key))
+        assert response.status_code == 200 and b"sessionsvc_store_up 1.0" in response.get_data()
+    assert client.get(API, headers=bearer(METRICS_KEY)).status_code == 401  # a scraper's key opens no token
+
+
+def test_failed_scrapes_spend_the_failed_authentication_budget(make_app):
+    client = make_app(api_keys=(API_KEY,), auth_failures="3 per minute").test_client()
+    assert [client.get("/metrics", environ_base=ATTACKER).status_code for _ in range(3)] == [401] * 3
+    assert_failures_429(client.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))
+    assert_failures_429(client.get("/metrics", headers=bearer(API_KEY), environ_base=ATTACKER))
+
+
+def test_metrics_keys_alone_guard_metrics_and_leave_the_api_public(make_app):
+    client = make_app(metrics_keys=(METRICS_KEY,)).test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(METRICS_KEY)).status_code == 200
+    assert client.get(API).status_code == 200
+
+
+def test_without_keys_metrics_stay_open(client):
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics", headers=bearer("anything")).status_code == 200
+
+
 @pytest.mark.parametrize(
     "settings, variable",
     [({"cors_origins": ("*",)}, "SESSIONSVC_CORS_ORIGINS"),
