@@ -118,21 +118,21 @@ class TrustedProxies:
         self.direct = wsgi_app
         self.proxied = ProxyFix(wsgi_app, x_for=hops, x_proto=hops)
         self.networks = networks
-        self.trusted = functools.lru_cache(maxsize=1024)(self._trusted)  # peers are few
+        self.trusted = functools.lru_cache(maxsize=1024)(self._trusted)  # mostly the few proxies; bounded
 
     def _trusted(self, peer: str) -> bool:
         if self.networks is None:
             return True
         try:
             address = ipaddress.ip_address(peer)
-        except ValueError:  # not an IP peer (a Unix socket, say)
-            return False
+        except ValueError:  # a Unix socket's peer: a local process, trusted as gunicorn trusts it
+            return True
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped  # an IPv4 peer of a dual-stack socket
         return any(address in network for network in self.networks)
 
     def __call__(self, environ, start_response):
-        trusted = self.trusted(environ.get("REMOTE_ADDR", ""))
+        trusted = "REMOTE_ADDR" in environ and self.trusted(environ["REMOTE_ADDR"])
         return (self.proxied if trusted else self.direct)(environ, start_response)
 
 

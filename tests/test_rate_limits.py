@@ -123,7 +123,9 @@ def test_a_direct_client_cannot_pick_its_address_with_x_forwarded_for(make_app):
 @pytest.mark.parametrize(
     "peer, trusted",
     [("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("2001:db8::1", True), ("127.0.0.1", False),
-     ("11.0.0.1", False), ("2001:db8::2", False)],
+     ("11.0.0.1", False), ("2001:db8::2", False), ("", True)],
+    ids=["in-network", "ipv4-mapped", "listed-address", "loopback-not-listed", "outside", "other-ipv6",
+         "unix-socket"],
 )
 def test_forwarded_addresses_are_believed_only_from_the_configured_proxies(make_app, peer, trusted):
     app = make_app(rate_limit="1/minute", proxy_hops=1, forwarded_allow_ips=("10.0.0.0/8", "2001:db8::1"))
