@@ -162,3 +162,17 @@ def test_trusted_proxies_come_from_gunicorns_forwarded_allow_ips():
 def test_malformed_trusted_proxies_are_refused_naming_the_variable(entry):
     with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
         Config(forwarded_allow_ips=("127.0.0.1", entry)).check()
+
+
+def test_edge_security_settings_come_from_their_variables():
+    config = Config.from_env({
+        "SESSIONSVC_AUTH_FAILURES": "10 per minute; 100 per hour",
+        "SESSIONSVC_METRICS_KEYS": "m1, m2",
+        "SESSIONSVC_CLIENT_ID_SECRET": "client-id-secret",
+    })
+    assert config.auth_failures == "10 per minute; 100 per hour"
+    assert config.metrics_keys == ("m1", "m2") and config.client_id_secret == "client-id-secret"
+    defaults = Config.from_env({})
+    assert defaults.auth_failures == "30 per minute"
+    assert defaults.metrics_keys == () and defaults.client_id_secret is None
+    config.check()
