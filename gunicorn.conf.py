@@ -40,7 +40,7 @@ graceful_timeout = int(os.environ.get("SESSIONSVC_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
 max_requests = int(os.environ.get("SESSIONSVC_MAX_REQUESTS", "100000"))
 max_requests_jitter = max_requests // 10
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+forwarded_allow_ips = ",".join(_app_config.forwarded_allow_ips)  # the app trusts the same peers
 # Several instances on one host must not collide on a shared control socket or pid file.
 control_socket_disable = not os.environ.get("SESSIONSVC_CONTROL_SOCKET")
 control_socket = os.environ.get("SESSIONSVC_CONTROL_SOCKET") or None

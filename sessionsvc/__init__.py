@@ -107,7 +107,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     app.register_blueprint(docs)
     register_error_handlers(app)
     metrics.install(app)
-    edge.install(app, config.api_keys, config.proxy_hops)
+    edge.install(app, config, client)
     limits.install(app, config, client)  # after edge: budgets are spent per authenticated key
     turns.install(app)  # outermost: a request's turn comes before anything else it does
     cli.register(app)

@@ -3,6 +3,8 @@ exits non-zero when it failed (or, for check-index, when the index needs repair)
 
 from __future__ import annotations
 
+import secrets
+
 import click
 from flask import Flask, current_app
 
@@ -28,6 +30,12 @@ def register(app: Flask) -> None:
             click.echo(generate_key(key_id))
         except KeyFormatError as error:
             raise click.ClickException(str(error)) from None
+
+    @app.cli.command("generate-api-key")
+    def generate_api_key_command() -> None:
+        """Print a new bearer key for SESSIONSVC_API_KEYS or SESSIONSVC_METRICS_KEYS
+        (32 random bytes, URL-safe base64: 43 characters)."""
+        click.echo(secrets.token_urlsafe(32))
 
     @app.cli.command("rotate-keys")
     def rotate_keys_command() -> None:

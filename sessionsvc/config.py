@@ -7,6 +7,7 @@ production settings with a message naming the variable and the reason.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -14,6 +15,10 @@ from dataclasses import dataclass, field, fields, replace
 
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
+# Bearer keys and secrets production accepts: at least this long (`generate-api-key` prints
+# 43 characters), and none of the example values shown in deploy/ and the README.
+MIN_SECRET_LENGTH = 32
+EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "change_me", "key1", "key2", "<key>"})
 
 
 class ConfigError(ValueError):
@@ -92,6 +97,10 @@ class Config:
     api_keys: tuple[str, ...] = field(
         default=(), metadata={"env": "SESSIONSVC_API_KEYS", "parse": _list}
     )
+    metrics_keys: tuple[str, ...] = field(
+        default=(), metadata={"env": "SESSIONSVC_METRICS_KEYS", "parse": _list}
+    )
+    client_id_secret: str | None = field(default=None, metadata={"env": "SESSIONSVC_CLIENT_ID_SECRET"})
     allow_public: bool = field(
         default=False, metadata={"env": "SESSIONSVC_ALLOW_PUBLIC", "parse": _bool}
     )
@@ -117,7 +126,13 @@ class Config:
         default=(), metadata={"env": "SESSIONSVC_CORS_ORIGINS", "parse": _list}
     )
     rate_limit: str | None = field(default=None, metadata={"env": "SESSIONSVC_RATE_LIMIT"})
+    auth_failures: str = field(default="30 per minute", metadata={"env": "SESSIONSVC_AUTH_FAILURES"})
     proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
+    # gunicorn's own variable (gunicorn.conf.py passes it on): the peers whose
+    # X-Forwarded-* headers are believed.
+    forwarded_allow_ips: tuple[str, ...] = field(
+        default=("127.0.0.1", "::1"), metadata={"env": "FORWARDED_ALLOW_IPS", "parse": _list}
+    )
 
     @property
     def production(self) -> bool:
@@ -127,6 +142,22 @@ class Config:
     def embedded_store(self) -> bool:
         """No Redis configured: run on an in-process fakeredis (development only)."""
         return not self.redis_url and not self.redis_sentinels
+
+    def trusted_proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+        """FORWARDED_ALLOW_IPS as networks (an address is a network of one); None for `*`,
+        which trusts every peer."""
+        if "*" in self.forwarded_allow_ips:
+            return None
+        networks = []
+        for entry in self.forwarded_allow_ips:
+            try:
+                networks.append(ipaddress.ip_network(entry))
+            except ValueError:
+                raise ConfigError(
+                    f"FORWARDED_ALLOW_IPS: expected comma-separated addresses or networks like "
+                    f"'127.0.0.1,10.0.0.0/8', or '*', got {entry!r}"
+                ) from None
+        return tuple(networks)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -164,15 +195,8 @@ class Config:
         if self.max_ttl_seconds < 1:
             raise ConfigError("SESSIONSVC_MAX_TTL_SECONDS: must be at least 1")
         if self.rate_limit:
-            from limits import parse_many
-
-            try:
-                parse_many(self.rate_limit)
-            except ValueError:
-                raise ConfigError(
-                    f"SESSIONSVC_RATE_LIMIT: expected limits like '100/second' or '1000 per minute; "
-                    f"50 per second', got {self.rate_limit!r}"
-                ) from None
+            _check_limits("SESSIONSVC_RATE_LIMIT", self.rate_limit)
+        _check_limits("SESSIONSVC_AUTH_FAILURES", self.auth_failures)
         for origin in self.cors_origins:
             if not CORS_ORIGIN_PATTERN.match(origin):
                 raise ConfigError(
@@ -181,6 +205,7 @@ class Config:
                     f"site), got {origin!r}"
                 )
         self._check_topology()
+        self.trusted_proxies()  # a malformed entry raises ConfigError
         if self.idempotency_seconds < 1:
             raise ConfigError("SESSIONSVC_IDEMPOTENCY_SECONDS: must be at least 1")
         if self.production:
@@ -199,6 +224,9 @@ class Config:
                     "SESSIONSVC_API_KEYS: production refuses to serve a public token store; set "
                     "API keys, or SESSIONSVC_ALLOW_PUBLIC=true to accept the risk explicitly"
                 )
+            _check_secrets("SESSIONSVC_API_KEYS", self.api_keys)
+            _check_secrets("SESSIONSVC_METRICS_KEYS", self.metrics_keys)
+            _check_secrets("SESSIONSVC_CLIENT_ID_SECRET", (self.client_id_secret,) if self.client_id_secret else ())
 
     def _check_topology(self) -> None:
         scheme = (self.redis_url or "").partition("://")[0].lower()
@@ -226,3 +254,31 @@ class Config:
                 "SESSIONSVC_REPLICA_ACK_TIMEOUT_MS: must be below SESSIONSVC_REDIS_TIMEOUT_SECONDS, "
                 "or the socket times out before WAIT answers"
             )
+
+
+def _check_limits(name: str, value: str) -> None:
+    """Refuse what the `limits` library (flask-limiter's) cannot parse."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected limits like '100/second' or '1000 per minute; 50 per second', got {value!r}"
+        ) from None
+
+
+def _check_secrets(name: str, values: tuple[str, ...]) -> None:
+    """Refuse guessable bearer keys or secrets, naming the variable and the entry's
+    position, never the value."""
+    for position, value in enumerate(values, start=1):
+        if value.casefold() in EXAMPLE_SECRETS:
+            problem = "is an example placeholder from the documentation"
+        elif len(value) < MIN_SECRET_LENGTH:
+            problem = f"is shorter than {MIN_SECRET_LENGTH} characters"
+        else:
+            continue
+        raise ConfigError(
+            f"{name}: entry {position} {problem}; production needs long random keys "
+            "(generate one with `flask --app wsgi generate-api-key`)"
+        )

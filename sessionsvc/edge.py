@@ -3,20 +3,27 @@ response headers. Nothing here knows about tokens beyond keeping them out of cac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
+from typing import Any
 
 from flask import Flask, g, request
 from flask_smorest import Api, abort
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import PREFIX
+from .config import Config
+from .errors import ERROR_RESPONSES
+from .limits import FailedAuthentications
 from .logs import REQUEST_ID_ENVIRON_KEY
+from .metrics import METRICS_PATH
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json")  # never authenticated
 # What Swagger UI needs, no more (checked in a browser by tests/test_docs_browser.py): its
 # own script, stylesheet and API calls, and data: images (the icons in its stylesheet).
 DOCS_CSP = (
@@ -25,6 +32,10 @@ DOCS_CSP = (
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 BEARER_SCHEME = "bearerAuth"
+CLIENT_ID_SECRET_LABEL = b"sessionsvc client id secret"
+API_KEY_REQUIRED = ERROR_RESPONSES[401][1]
+METRICS_KEY_REQUIRED = "A valid API key or metrics key is required (Authorization: Bearer <key>)."
+TOO_MANY_FAILURES = "Too many failed authentications from this address; retry after the seconds in Retry-After."
 
 
 class DoubledPrefixAlias:
@@ -96,6 +107,35 @@ class ResponseHeaders:
         return self.wsgi_app(environ, start_with_headers)
 
 
+class TrustedProxies:
+    """Takes the client's address and scheme from X-Forwarded-For and X-Forwarded-Proto
+    (werkzeug's ProxyFix, `hops` proxies deep) only when the connecting peer is one of
+    the trusted proxies (FORWARDED_ALLOW_IPS; None trusts every peer). From any other
+    peer those headers are the client's own words and are ignored: it cannot pick the
+    address its budgets are counted under."""
+
+    def __init__(self, wsgi_app, hops: int, networks: tuple | None):
+        self.direct = wsgi_app
+        self.proxied = ProxyFix(wsgi_app, x_for=hops, x_proto=hops)
+        self.networks = networks
+        self.trusted = functools.lru_cache(maxsize=1024)(self._trusted)  # mostly the few proxies; bounded
+
+    def _trusted(self, peer: str) -> bool:
+        if self.networks is None:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:  # a Unix socket's peer: a local process, trusted as gunicorn trusts it
+            return True
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # an IPv4 peer of a dual-stack socket
+        return any(address in network for network in self.networks)
+
+    def __call__(self, environ, start_response):
+        trusted = "REMOTE_ADDR" in environ and self.trusted(environ["REMOTE_ADDR"])
+        return (self.proxied if trusted else self.direct)(environ, start_response)
+
+
 def declare_bearer_auth(api: Api) -> None:
     """Declare the bearer scheme in the OpenAPI document (Swagger UI's Authorize button)."""
     api.spec.components.security_scheme(
@@ -109,32 +149,62 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def install(app: Flask, api_keys: tuple[str, ...], proxy_hops: int = 0) -> None:
+def client_id_secret(config: Config) -> bytes:
+    """The key of client ids: SESSIONSVC_CLIENT_ID_SECRET, else one derived from the whole
+    set of API keys, so every host with the same configuration derives the same."""
+    if config.client_id_secret:
+        return config.client_id_secret.encode()
+    joined = ",".join(sorted(config.api_keys)).encode()  # a comma never occurs in a key
+    return hmac.new(CLIENT_ID_SECRET_LABEL, joined, "sha256").digest()
+
+
+def client_id(secret: bytes, api_key: str) -> str:
+    """An API key's id in rate-limit counters, audit lines and idempotency scopes: keyed
+    with a server secret, so whoever reads Redis or the logs cannot test key guesses
+    against it; 32 hex characters (128 bits)."""
+    return hmac.new(secret, api_key.encode(), "sha256").hexdigest()[:32]
+
+
+def install(app: Flask, config: Config, redis_client: Any) -> None:
     app.wsgi_app = ResponseHeaders(DoubledPrefixAlias(app.wsgi_app))
-    if proxy_hops:
+    if config.proxy_hops:
         # The client address (rate limits, logs) is the one the trusted proxies saw; with no
         # proxies configured, X-Forwarded-For is ignored, since any client can write it.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxy_hops, x_proto=proxy_hops)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, config.proxy_hops, config.trusted_proxies())
     # Digests are compared, so the comparison takes the same time whatever the lengths.
-    key_digests = [_digest(key.encode()) for key in api_keys]
+    # Each API key's client id is worked out once, here; a metrics key names no client.
+    secret = client_id_secret(config)
+    api_keys = tuple((_digest(key.encode()), client_id(secret, key)) for key in config.api_keys)
+    scraper_keys = api_keys + tuple((_digest(key.encode()), "") for key in config.metrics_keys)
+    if not scraper_keys:
+        return  # public mode: nothing to authenticate, no failures to count
+    failures = FailedAuthentications(config, redis_client)
 
-    if key_digests:
-
-        @app.before_request
-        def authenticate():
-            # A CORS preflight carries no credentials by design and reveals nothing.
-            if not request.path.startswith("/api/") or request.method == "OPTIONS":
-                return
-            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-            presented_bytes = presented.strip().encode("utf-8", "replace")
-            presented_digest = _digest(presented_bytes)
-            matched = False
-            for key_digest in key_digests:  # every key compared, in constant time
-                matched |= hmac.compare_digest(presented_digest, key_digest)
-            if scheme.lower() != "bearer" or not matched:
-                abort(
-                    401,
-                    message="A valid API key is required (Authorization: Bearer <key>).",
-                    headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'},
-                )
-            g.client_key_id = hmac.new(b"sessionsvc client", presented_bytes, "sha256").hexdigest()[:8]
+    @app.before_request
+    def authenticate():
+        if request.path.startswith("/api/"):
+            keys, message = api_keys, API_KEY_REQUIRED
+        elif request.path == METRICS_PATH:
+            keys, message = scraper_keys, METRICS_KEY_REQUIRED
+        else:
+            return
+        # A CORS preflight carries no credentials by design and reveals nothing.
+        if not keys or request.method == "OPTIONS":
+            return
+        # An address past its budget of failures learns nothing more, not even whether
+        # the key it sends now is right.
+        address = request.remote_addr or "unknown"
+        retry_after = failures.retry_after(address)
+        if retry_after is not None:
+            abort(429, message=TOO_MANY_FAILURES, headers={"Retry-After": str(retry_after)})
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        presented_digest = _digest(presented.strip().encode("utf-8", "replace"))
+        matched = None
+        for key_digest, key_id in keys:  # every key compared, in constant time
+            if hmac.compare_digest(presented_digest, key_digest):
+                matched = key_id
+        if scheme.lower() != "bearer" or matched is None:
+            failures.failed(address)
+            abort(401, message=message, headers={"WWW-Authenticate": 'Bearer realm="sessionsvc"'})
+        if matched:
+            g.client_key_id = matched

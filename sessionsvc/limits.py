@@ -11,6 +11,9 @@ the limiter.
 Every limited response carries ``RateLimit-Limit``, ``RateLimit-Remaining`` and
 ``RateLimit-Reset`` (seconds until the window resets, as the IETF RateLimit header
 fields draft writes it); a 429 also carries ``Retry-After``.
+
+Failed authentications are counted per client address the same way, in the same storage
+(``FailedAuthentications``, used by ``sessionsvc.edge``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 from flask_limiter import Limiter
+from limits import parse_many
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 
 from .config import Config
 
@@ -45,11 +53,12 @@ def _not_limited() -> bool:
     return not request.path.startswith("/api/") or request.method == "OPTIONS"
 
 
-def _storage(config: Config, redis_client: Any) -> tuple[str, dict[str, Any]]:
-    """flask-limiter's storage URI and options for the store's Redis."""
+def _storage(config: Config, redis_client: Any, purpose: str = "limits") -> tuple[str, dict[str, Any]]:
+    """The `limits` storage URI and options for the store's Redis, its keys under
+    ``<key_prefix>:<purpose>``."""
     if config.embedded_store:
         return "memory://", {}
-    options: dict[str, Any] = {"key_prefix": f"{config.key_prefix}:limits"}
+    options: dict[str, Any] = {"key_prefix": f"{config.key_prefix}:{purpose}"}
     if config.redis_cluster:
         scheme, _, rest = (config.redis_url or "").partition("://")
         options.update(
@@ -101,6 +110,57 @@ def install_rate_limits(app: Flask, config: Config, redis_client: Any) -> Limite
         return response
 
     return limiter
+
+
+# After a Redis error, failed authentications are counted in process memory for this long
+# before Redis is tried again: during an outage one request in that time waits on Redis.
+FALLBACK_SECONDS = 5.0
+
+
+class FailedAuthentications:
+    """Failed authentications per client address, against SESSIONSVC_AUTH_FAILURES.
+
+    Counted by the `limits` library (fixed windows) in the store's Redis under
+    ``<key_prefix>:authfail``, so every process and host spends one budget per address;
+    with the embedded store, in process memory. If Redis errors, counting goes on in
+    process memory for FALLBACK_SECONDS, then Redis is tried again: a Redis outage is
+    answered by the store (503), never here.
+    """
+
+    def __init__(self, config: Config, redis_client: Any):
+        self.limits = parse_many(config.auth_failures)
+        storage_uri, storage_options = _storage(config, redis_client, "authfail")
+        self.shared = FixedWindowRateLimiter(storage_from_string(storage_uri, wrap_exceptions=True, **storage_options))
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+        self.shared_again_at = 0.0  # time.monotonic() from which Redis is tried again
+
+    def _counted(self, count: Callable[[FixedWindowRateLimiter], Any]) -> Any:
+        if time.monotonic() >= self.shared_again_at:
+            try:
+                return count(self.shared)
+            except StorageError as error:
+                log.warning(
+                    "failed authentications counted in process memory: Redis unavailable",
+                    extra={"error_type": type(error.storage_error).__name__},
+                )
+                self.shared_again_at = time.monotonic() + FALLBACK_SECONDS
+        return count(self.local)
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until `address` may try again; None while it is within its budget."""
+
+        def wait(limiter: FixedWindowRateLimiter) -> int | None:
+            for limit in self.limits:
+                if not limiter.test(limit, address):
+                    reset_time, _ = limiter.get_window_stats(limit, address)
+                    return max(1, math.ceil(reset_time - time.time()))
+            return None
+
+        return self._counted(wait)
+
+    def failed(self, address: str) -> None:
+        """Spend one failure of `address`'s budget."""
+        self._counted(lambda limiter: [limiter.hit(limit, address) for limit in self.limits])
 
 
 def install_cors(app: Flask, config: Config) -> None:

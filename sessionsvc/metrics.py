@@ -4,8 +4,10 @@ Per-process metrics (requests, store operations, Redis errors) live in prometheu
 own registry; under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (set per instance by
 ``gunicorn.conf.py``) switches them to its multiprocess mode, so one scrape adds up every
 worker. Store-wide figures (records held, records per encryption key id, index entries
-pruned) are read from Redis at scrape time by one cheap script (see ``TokenStore.census``);
-every instance reports the same store-wide values, so aggregate them with ``max``.
+pruned) are read from Redis by one cheap script (see ``TokenStore.census``), at most once
+per CENSUS_SECONDS per process however often it is scraped; every instance reports the
+same store-wide values, so aggregate them with ``max``. With API keys (or metrics keys)
+configured, a scrape needs one of them (``sessionsvc.edge``).
 
 Labels are route templates, methods, statuses, operation names, error kinds and key ids:
 never a token, a user id or a raw path.
@@ -31,8 +33,14 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .logs import ROUTE_ENVIRON_KEY, UNMATCHED_ROUTE
+from .ops import Reused
 from .store import StoreUnavailable
-from .vault import TokenVault
+from .vault import KeyCensus, TokenVault
+
+METRICS_PATH = "/metrics"
+# How long one process reuses its last store census: a scrape costs Redis at most one
+# census script per process in that time.
+CENSUS_SECONDS = 5.0
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -77,16 +85,22 @@ def observe_store(operation: str, seconds: float, error_kind: str | None) -> Non
 
 
 class StoreCollector:
-    """Store-wide figures, read from Redis when scraped."""
+    """Store-wide figures, read from Redis when scraped (reused for CENSUS_SECONDS)."""
 
     def __init__(self, vault: TokenVault):
         self.vault = vault
+        self.census = Reused(self._read_census, CENSUS_SECONDS)
+
+    def _read_census(self) -> KeyCensus | None:
+        try:
+            return self.vault.census()
+        except StoreUnavailable:
+            return None
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("sessionsvc_store_up", "1 when the scrape could read the store.")
-        try:
-            census = self.vault.census()
-        except StoreUnavailable:
+        census = self.census()
+        if census is None:
             up.add_metric([], 0)
             yield up
             return
@@ -109,10 +123,9 @@ class StoreCollector:
         )
 
 
-@metrics.get("/metrics")
+@metrics.get(METRICS_PATH)
 def scrape() -> Response:
-    store_registry = CollectorRegistry(auto_describe=False)
-    store_registry.register(StoreCollector(current_app.extensions["sessionsvc"]))
+    store_registry = current_app.extensions["sessionsvc.store_metrics"]
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiprocess_dir:
         process_registry = CollectorRegistry()
@@ -157,5 +170,9 @@ class RequestMetrics:
 
 
 def install(app: Flask) -> None:
+    """Serve /metrics; the vault is in app.extensions already (its census is read when scraped)."""
+    store_registry = CollectorRegistry(auto_describe=False)
+    store_registry.register(StoreCollector(app.extensions["sessionsvc"]))
+    app.extensions["sessionsvc.store_metrics"] = store_registry
     app.register_blueprint(metrics)
     app.wsgi_app = RequestMetrics(app.wsgi_app)

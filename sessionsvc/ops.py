@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
 from flask import Blueprint, current_app, send_from_directory
 from flask_smorest import Blueprint as ApiBlueprint
 from swagger_ui_bundle import swagger_ui_path
@@ -38,6 +43,53 @@ DOCS_INIT = """window.ui = SwaggerUIBundle({
 
 READY_EXAMPLE = {"status": "ok", "redis": "ok", "scripts": "loaded"}
 NOT_READY_EXAMPLE = {"status": "unavailable", "redis": "connection", "scripts": "unknown"}
+# How long one process reuses its last readiness check: /readyz is open to anyone, and
+# however often it is asked, Redis sees at most one check per process in that time.
+READINESS_SECONDS = 1.0
+
+
+class Reused:
+    """The value of `compute`, reused by this process for `seconds` and computed by one
+    caller at a time (the others wait for it): for open or scraped endpoints whose
+    answer costs Redis work, so that asking often costs Redis nothing more. `compute`
+    returns its failures as values; an exception it raises is not kept."""
+
+    def __init__(self, compute: Callable[[], Any], seconds: float):
+        self.compute = compute
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.value: Any = None
+        self.fresh_until = float("-inf")
+
+    def __call__(self) -> Any:
+        with self.lock:
+            if monotonic() >= self.fresh_until:
+                self.value = self.compute()
+                self.fresh_until = monotonic() + self.seconds
+            return self.value
+
+
+def readiness(store) -> tuple[dict, int]:
+    """Whether Redis answers PING within the client timeout and holds the store's
+    scripts (loading any it lost), as /readyz's body and status."""
+    try:
+        store.ping()
+    except StoreUnavailable as error:
+        return {"status": "unavailable", "redis": error.kind, "scripts": "unknown"}, 503
+    try:
+        store.load_scripts()
+    except StoreUnavailable as error:
+        return {"status": "unavailable", "redis": "ok", "scripts": error.kind}, 503
+    return READY_EXAMPLE, 200
+
+
+@health.record_once
+def reuse_readiness(state) -> None:
+    """Give the app its reused readiness check (the store is looked up when it runs)."""
+    app = state.app
+    app.extensions["sessionsvc.readiness"] = Reused(
+        lambda: readiness(app.extensions["sessionsvc"].store), READINESS_SECONDS
+    )
 
 
 @health.route("/healthz", methods=["GET"])
@@ -60,17 +112,10 @@ def healthz():
 )
 def readyz():
     """Readiness: Redis answers PING within the client timeout and holds the store's scripts."""
-    store = current_app.extensions["sessionsvc"].store
-    retry_after = {"Retry-After": str(current_app.config["SESSIONSVC"].retry_after_seconds)}
-    try:
-        store.ping()
-    except StoreUnavailable as error:
-        return {"status": "unavailable", "redis": error.kind, "scripts": "unknown"}, 503, retry_after
-    try:
-        store.load_scripts()
-    except StoreUnavailable as error:
-        return {"status": "unavailable", "redis": "ok", "scripts": error.kind}, 503, retry_after
-    return READY_EXAMPLE
+    body, status = current_app.extensions["sessionsvc.readiness"]()
+    if status == 200:
+        return body
+    return body, status, {"Retry-After": str(current_app.config["SESSIONSVC"].retry_after_seconds)}
 
 
 @docs.get("/docs")

@@ -22,13 +22,25 @@ def cluster(tmp_path_factory):
         yield Cluster(tmp_path_factory.mktemp("cluster"), started)
 
 
-def cluster_app(cluster: Cluster, prefix: str):
-    config = Config(encryption_keys=TEST_KEYS, redis_url=cluster.url, redis_cluster=True, key_prefix=prefix)
+def cluster_app(cluster: Cluster, prefix: str, **overrides):
+    config = Config(encryption_keys=TEST_KEYS, redis_url=cluster.url, redis_cluster=True, key_prefix=prefix,
+                    **overrides)
     return create_app(config)
 
 
 def test_every_endpoint_works_on_a_cluster(cluster):
     exercise_every_endpoint(cluster_app(cluster, "e2e").test_client())
+
+
+def test_failed_authentications_are_counted_in_the_cluster_for_every_instance(cluster):
+    key = "k-cluster-test-key-0123456789abcdef"
+    first, second = (cluster_app(cluster, "authfail", api_keys=(key,), auth_failures="2 per minute").test_client()
+                     for _ in range(2))
+    assert [client.get(API, headers={"Authorization": "Bearer guess"}).status_code for client in (first, second)] == [
+        401, 401]
+    assert second.get(API, headers={"Authorization": f"Bearer {key}"}).status_code == 429
+    counters = [name for node in cluster.nodes for name in node.client().keys("authfail:authfail:*")]
+    assert len(counters) == 1
 
 
 def test_stores_with_different_prefixes_land_on_different_masters(cluster):

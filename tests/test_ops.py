@@ -16,7 +16,7 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 
 from conftest import API, TEST_KEYS
 from redis_server import free_port
-from sessionsvc import create_app
+from sessionsvc import create_app, metrics, ops
 from sessionsvc.config import Config
 from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable
 
@@ -50,7 +50,47 @@ def test_readyz_loads_scripts_redis_has_lost(client, raw):
     assert vault.store.load_scripts() == 0
 
 
+def counting(monkeypatch, target, name: str) -> list[int]:
+    """Count calls of `target.name` (still calling it)."""
+    calls: list[int] = []
+    original = getattr(target, name)
+    monkeypatch.setattr(target, name, lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    return calls
+
+
+def test_repeated_readiness_probes_check_redis_once_per_interval(app, monkeypatch):
+    store = app.extensions["sessionsvc"].store
+    pings, loads = counting(monkeypatch, store, "ping"), counting(monkeypatch, store, "load_scripts")
+    client = app.test_client()
+    assert [client.get("/readyz").json["status"] for _ in range(5)] == ["ok"] * 5
+    assert (len(pings), len(loads)) == (1, 1)
+    later = ops.monotonic() + ops.READINESS_SECONDS
+    monkeypatch.setattr(ops, "monotonic", lambda: later)
+    assert client.get("/readyz").status_code == 200
+    assert (len(pings), len(loads)) == (2, 2)
+
+
 # --- metrics ----------------------------------------------------------------------------
+
+
+def script_calls(raw) -> int:
+    return sum(stats["calls"] for name, stats in raw.info("commandstats").items() if name.startswith("cmdstat_eval"))
+
+
+def test_repeated_scrapes_run_the_census_script_once_per_interval(app, backend, monkeypatch):
+    census = counting(monkeypatch, app.extensions["sessionsvc"], "census")
+    client = app.test_client()
+    scripts_before = script_calls(backend["raw"]) if backend["kind"] == "redis" else None
+    for _ in range(3):
+        assert metric(client.get("/metrics").get_data(as_text=True), "sessionsvc_store_up") == 1
+    assert len(census) == 1
+    if scripts_before is not None:
+        assert script_calls(backend["raw"]) == scripts_before + 1
+    later = ops.monotonic() + metrics.CENSUS_SECONDS
+    monkeypatch.setattr(ops, "monotonic", lambda: later)
+    assert metric(client.get("/metrics").get_data(as_text=True), "sessionsvc_records") == 0
+    assert len(census) == 2
+
 
 
 def test_metrics_count_requests_by_route_template_and_store_figures(client, save, raw):

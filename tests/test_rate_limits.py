@@ -108,3 +108,34 @@ def test_behind_trusted_proxies_the_forwarded_address_is_the_client(make_app):
     proxied = make_app(rate_limit="1/minute", proxy_hops=1, key_prefix="proxied").test_client()
     assert [proxied.get(API, headers=headers).status_code for headers in forged] == [200, 200]
     assert proxied.get(API, headers=forged[0]).status_code == 429
+
+
+def test_a_direct_client_cannot_pick_its_address_with_x_forwarded_for(make_app):
+    client = make_app(rate_limit="2/minute", proxy_hops=1).test_client()
+    direct = {"REMOTE_ADDR": "203.0.113.9"}  # not a trusted proxy
+    rotating = [{"X-Forwarded-For": f"198.51.100.{n}"} for n in range(3)]
+    assert [client.get(API, headers=h, environ_base=direct).status_code for h in rotating] == [200, 200, 429]
+    # The address it named has spent nothing: through the trusted proxy it has its whole budget.
+    proxy = {"REMOTE_ADDR": "127.0.0.1"}
+    assert [client.get(API, headers=rotating[0], environ_base=proxy).status_code for _ in range(3)] == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    "peer, trusted",
+    [("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("2001:db8::1", True), ("127.0.0.1", False),
+     ("11.0.0.1", False), ("2001:db8::2", False), ("", True)],
+    ids=["in-network", "ipv4-mapped", "listed-address", "loopback-not-listed", "outside", "other-ipv6",
+         "unix-socket"],
+)
+def test_forwarded_addresses_are_believed_only_from_the_configured_proxies(make_app, peer, trusted):
+    app = make_app(rate_limit="1/minute", proxy_hops=1, forwarded_allow_ips=("10.0.0.0/8", "2001:db8::1"))
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = peer
+    statuses = [client.get(API, headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code for n in range(2)]
+    assert statuses == ([200, 200] if trusted else [200, 429])
+
+
+def test_every_peer_is_a_trusted_proxy_when_told_so(make_app):
+    client = make_app(rate_limit="1/minute", proxy_hops=1, forwarded_allow_ips=("*",)).test_client()
+    client.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    assert [client.get(API, headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code for n in range(2)] == [200, 200]

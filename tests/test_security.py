@@ -3,6 +3,7 @@ crypto trouble, the audit trail of reveals, and what user input may reach in Red
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 import threading
@@ -132,11 +133,117 @@ def test_production_refuses_to_serve_publicly_unless_told_to():
     assert create_app(Config(**settings, allow_public=True)).test_client().get("/healthz").status_code == 200
 
 
+# --- failed authentication -------------------------------------------------------------
+
+ATTACKER = {"REMOTE_ADDR": "203.0.113.9"}
+NEIGHBOUR = {"REMOTE_ADDR": "203.0.113.10"}
+
+
+def assert_failures_429(response) -> None:
+    assert response.status_code == 429
+    assert response.json == {"code": 429, "status": "Too Many Requests", "message": (
+        "Too many failed authentications from this address; retry after the seconds in Retry-After.")}
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_past_its_failed_authentication_budget_an_address_gets_429_before_any_key_check(make_app):
+    client = make_app(api_keys=(API_KEY, OTHER_KEY)).test_client()
+    assert [client.get(API, headers=bearer(API_KEY), environ_base=ATTACKER).status_code
+            for _ in range(3)] == [200] * 3  # successes spend nothing
+    guesses = [client.get(API, headers=bearer(f"guess-{n}"), environ_base=ATTACKER).status_code for n in range(30)]
+    assert guesses == [401] * 30
+    assert_failures_429(client.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))  # even the right key
+    assert_failures_429(client.post(API, json={"user_id": "u", "token": TOKEN, "expires_at": future()},
+                                    headers=bearer(OTHER_KEY), environ_base=ATTACKER))
+    assert_failures_429(client.get(API + API, environ_base=ATTACKER))  # the doubled alias too
+    assert client.get("/healthz", environ_base=ATTACKER).status_code == 200
+    # Another address is unaffected, its own failures counted apart.
+    assert client.get(API, headers=bearer(API_KEY), environ_base=NEIGHBOUR).status_code == 200
+    assert client.get(API, headers=bearer("guess"), environ_base=NEIGHBOUR).status_code == 401
+
+
+def test_the_failure_budget_is_configurable(make_app):
+    client = make_app(api_keys=(API_KEY,), auth_failures="2 per minute").test_client()
+    assert [client.get(API, environ_base=ATTACKER).status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_the_failure_budget_is_shared_by_app_instances_on_one_redis(real_redis, tmp_path):
+    def instance():
+        app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis), api_keys=(API_KEY,)))
+        app.instance_path = str(tmp_path)
+        return app.test_client()
+
+    first, second = instance(), instance()
+    statuses = [(first if n % 2 else second).get(API, headers=bearer(f"guess-{n}"), environ_base=ATTACKER).status_code
+                for n in range(30)]
+    assert statuses == [401] * 30
+    assert_failures_429(first.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))
+    assert_failures_429(second.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))
+    assert second.get(API, headers=bearer(API_KEY), environ_base=NEIGHBOUR).status_code == 200
+    counters = [key for key in real_redis.keys("*") if b"authfail" in key]
+    assert counters and all(key.startswith(b"sessionsvc:authfail:") for key in counters)
+    assert not [key for key in real_redis.keys("*") if b"guess" in key]
+
+
+def test_failed_authentication_is_counted_in_memory_while_redis_is_down():
+    client = create_app(Config(encryption_keys=TEST_KEYS, redis_url=closed_port_url(),
+                               api_keys=(API_KEY,), auth_failures="3 per minute")).test_client()
+    assert client.get(API, headers=bearer(API_KEY)).status_code == 503  # answered by the store
+    assert [client.get(API, headers=bearer("guess")).status_code for _ in range(3)] == [401] * 3
+    assert_failures_429(client.get(API, headers=bearer(API_KEY)))
+
+
+def test_without_keys_nothing_counts_failures(client, raw):
+    assert [client.get(API, headers=bearer(f"guess-{n}")).status_code for n in range(40)] == [200] * 40
+    assert not [key for key in raw.keys("*") if b"authfail" in key]
+
+
+# --- /metrics ----------------------------------------------------------------------------
+
+METRICS_KEY = "m-scraper-key-0123456789abcdef0123"
+
+
+def test_metrics_need_an_api_key_or_a_metrics_key_when_api_keys_are_set(make_app):
+    client = make_app(api_keys=(API_KEY,), metrics_keys=(METRICS_KEY,)).test_client()
+    for headers in ({}, bearer("wrong"), {"Authorization": METRICS_KEY}, bearer(METRICS_KEY + "x"),
+                    {"Authorization": f"Basic {API_KEY}"}):
+        response = client.get("/metrics", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="sessionsvc"'
+        assert response.is_json and set(response.json) == {"code", "status", "message"}
+        assert b"sessionsvc_" not in response.get_data()
+    for key in (API_KEY, METRICS_KEY):
+        response = client.get("/metrics", headers=bearer(key))
+        assert response.status_code == 200 and b"sessionsvc_store_up 1.0" in response.get_data()
+    assert client.get(API, headers=bearer(METRICS_KEY)).status_code == 401  # a scraper's key opens no token
+
+
+def test_failed_scrapes_spend_the_failed_authentication_budget(make_app):
+    client = make_app(api_keys=(API_KEY,), auth_failures="3 per minute").test_client()
+    assert [client.get("/metrics", environ_base=ATTACKER).status_code for _ in range(3)] == [401] * 3
+    assert_failures_429(client.get(API, headers=bearer(API_KEY), environ_base=ATTACKER))
+    assert_failures_429(client.get("/metrics", headers=bearer(API_KEY), environ_base=ATTACKER))
+
+
+def test_metrics_keys_alone_guard_metrics_and_leave_the_api_public(make_app):
+    client = make_app(metrics_keys=(METRICS_KEY,)).test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(METRICS_KEY)).status_code == 200
+    assert client.get(API).status_code == 200
+
+
+def test_without_keys_metrics_stay_open(client):
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics", headers=bearer("anything")).status_code == 200
+
+
 @pytest.mark.parametrize(
     "settings, variable",
     [({"cors_origins": ("*",)}, "SESSIONSVC_CORS_ORIGINS"),
      ({"cors_origins": ("https://app.example.com/path",)}, "SESSIONSVC_CORS_ORIGINS"),
-     ({"rate_limit": "lots"}, "SESSIONSVC_RATE_LIMIT")],
+     ({"rate_limit": "lots"}, "SESSIONSVC_RATE_LIMIT"),
+     ({"auth_failures": "lots"}, "SESSIONSVC_AUTH_FAILURES")],
 )
 def test_unsafe_or_malformed_edge_settings_are_refused_naming_the_variable(settings, variable):
     with pytest.raises(ConfigError, match=variable):
@@ -275,10 +382,36 @@ def test_each_reveal_is_audited_with_ids_and_a_fingerprint_never_the_token(auth_
         assert line.request_id == request_id
         assert (line.record_id, line.user_id, line.fingerprint, line.reveal_count) == (
             record_id, "alice", fingerprint, count)
-        assert len(line.client_key_id) == 8 and line.client_key_id not in (API_KEY, OTHER_KEY)
+        assert len(line.client_key_id) == 32 and line.client_key_id not in (API_KEY, OTHER_KEY)
     assert lines[0].client_key_id != lines[1].client_key_id  # two keys, two clients
     assert TOKEN not in "\n".join(str(line.__dict__) for line in lines)
     assert fingerprint not in TOKEN and len(fingerprint) == 16
+
+
+def client_id_of(app, key: str, caplog) -> str:
+    """The client id the audit line of one reveal with `key` names."""
+    client = app.test_client()
+    created = client.post(API, json={"user_id": "alice", "token": TOKEN, "expires_at": future()}, headers=bearer(key))
+    caplog.clear()
+    assert client.get(f"{API}/{created.json['id']}", headers=bearer(key)).status_code == 200
+    return audit_lines(caplog)[-1].client_key_id
+
+
+def test_client_ids_are_keyed_with_a_server_secret_that_hosts_of_one_configuration_share(make_app, caplog):
+    caplog.set_level(logging.INFO, logger="sessionsvc.audit")
+    keys = (API_KEY, OTHER_KEY)
+    derived = client_id_of(make_app(api_keys=keys), API_KEY, caplog)
+    assert len(derived) == 32 and int(derived, 16) >= 0
+    unkeyed = hmac.new(b"sessionsvc client", API_KEY.encode(), "sha256").hexdigest()
+    assert derived[:8] != unkeyed[:8] and derived != unkeyed[:32]
+    assert client_id_of(make_app(api_keys=keys), API_KEY, caplog) == derived  # another host, same settings
+    assert client_id_of(make_app(api_keys=tuple(reversed(keys))), API_KEY, caplog) == derived
+    secret = "s-client-id-secret-0123456789abcdef"
+    chosen = client_id_of(make_app(api_keys=keys, client_id_secret=secret), API_KEY, caplog)
+    assert len(chosen) == 32 and chosen != derived
+    assert client_id_of(make_app(api_keys=keys, client_id_secret=secret), API_KEY, caplog) == chosen
+    assert client_id_of(make_app(api_keys=keys, client_id_secret=secret + "2"), API_KEY, caplog) != chosen
+    assert client_id_of(make_app(api_keys=(API_KEY,)), API_KEY, caplog) != derived  # another key set
 
 
 def test_reveals_are_counted_exactly_under_concurrency(real_redis, tmp_path):
