@@ -73,9 +73,9 @@ def healthz():
 def page():
     page, limit = int(request.args.get("page", 1)), int(request.args.get("limit", 20))
     reply = scripts["page"](keys=keys, args=[ROOT, "", (page - 1) * limit, limit, PRUNE_BATCH])
-    now_ms = reply[0]
-    data = [summary(now_ms, fields) for fields in reply[2:]]
-    return jsonify(data=data, pagination={"page": page, "limit": limit, "total": reply[1]})
+    now_ms = reply[1]
+    data = [summary(now_ms, fields) for fields in reply[4:]]
+    return jsonify(data=data, pagination={"page": page, "limit": limit, "total": reply[2]})
 
 
 @app.post(PREFIX)
@@ -96,19 +96,19 @@ def create():
 @app.get(PREFIX + "/current")
 def current():
     reply = scripts["current"](keys=keys, args=[ROOT, "", PRUNE_BATCH, "1"])
-    if len(reply) == 1:
+    if len(reply) == 3:
         return {"message": "none"}, 404
-    expires = int(reply[1][3])
-    return {"token": reply[2].decode(), "expires_at": iso(expires), "is_valid": expires * 1000 > reply[0]}
+    expires = int(reply[3][3])
+    return {"token": reply[4].decode(), "expires_at": iso(expires), "is_valid": expires * 1000 > reply[1]}
 
 
 @app.get(PREFIX + "/validity")
 def validity():
     reply = scripts["current"](keys=keys, args=[ROOT, "", PRUNE_BATCH, "0"])
-    if len(reply) == 1:
+    if len(reply) == 3:
         return {"is_valid": False, "expires_at": None, "seconds_remaining": 0}
-    expires = int(reply[1][3])
-    remaining = max(0, (expires * 1000 - reply[0]) // 1000)
+    expires = int(reply[3][3])
+    remaining = max(0, (expires * 1000 - reply[1]) // 1000)
     return {"is_valid": remaining > 0, "expires_at": iso(expires), "seconds_remaining": remaining}
 
 

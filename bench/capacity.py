@@ -138,7 +138,7 @@ def sharded_global_page(client: redis.Redis, cipher: Cipher, records: int, users
             for store in stores:
                 pipe.evalsha(store._scripts["page"].sha, 2, *store._keys, store.root, "", 0, 20, PRUNE_BATCH)
             replies = pipe.execute()
-        merged = sorted((fields for reply in replies for fields in reply[2:]), key=lambda f: -int(f[6]))[:20]
+        merged = sorted((fields for reply in replies for fields in reply[4:]), key=lambda f: -int(f[6]))[:20]
         assert len(merged) == 20
     return {"shards": shards, "global_pages_per_core": rounds / (redis_cpu(client) - cpu_before)}
 

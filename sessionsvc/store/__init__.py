@@ -24,6 +24,7 @@ key                             type     content
                                          PEXPIREAT = expires_at + retention.
 ``{P}:all:G``                   zset     member ``n``, score save number: the listing
 ``{P}:u:G:<user>``              zset     member ``n``, score save number: one user's listing
+                                         (trusted no further than each record's ``u``)
 ``{P}:exp:G``                   zset     member ``n:<user>``, score the record's death
                                          (ms, = its PEXPIREAT): finds index entries of
                                          records Redis has expired
@@ -49,6 +50,17 @@ has expired are pruned by the scripts, at most ``PRUNE_BATCH`` per call, so a bu
 expiries is absorbed over many requests. While some remain, counts subtract them exactly
 (ZCOUNT on ``exp``) and pages skip them, so an expired record is never counted or listed.
 
+No read walks an index. While at most ``DEAD_WINDOW`` entries are dead, a page finds their
+ranks and maps itself to exact positions; beyond that, a read passes over at most
+``WALK_BUDGET`` entries, and one that would need more answers ``CATCHING_UP`` (the store
+raises ``StoreUnavailable("catching_up")``: 503 and Retry-After). Its own prune made
+progress, so a retry converges.
+
+Reads scoped to a user (current, validity, page, clear) check each record's owner ``u``:
+an entry of ``u:G:<user>`` naming another user's record is passed over (logged by id,
+never with a token) and, on the primary, removed from that index; clear never deletes
+that record.
+
 Time always comes from Redis (``TIME`` inside the scripts), so ``is_valid`` and
 ``seconds_remaining`` agree across app hosts whatever their clocks say.
 
@@ -72,15 +84,24 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
   a per-process cache of record number -> user id filled by every record the store
   returns, and only on a miss runs its script (GET gen, HMGET), a second round-trip.
 - get: GET gen, TIME, HMGET [+ HINCRBY/HSET reveal counters when revealing].
-- current / validity: GET gen, TIME, prune, ZREVRANGE of the (user) index from the top
-  until a live record, HMGET.
-- page: GET gen, TIME, prune, ZCOUNT exp, ZCARD + ZREVRANGE offset..offset+limit-1,
-  HMGET per entry. O(log N + limit).
+- current / validity: GET gen, TIME, prune, ZCOUNT exp, ZREVRANGE of the (user) index
+  from the top, HMGET [+ ZSCORE exp while entries are dead] per entry until a live record
+  of that user, at most ``DEAD_WINDOW + WALK_BUDGET`` entries (else ``CATCHING_UP``)
+  [+ ZREM of entries naming another user's record].
+- page: GET gen, TIME, prune, ZCARD, ZCOUNT exp; while entries are dead (at most
+  ``DEAD_WINDOW``), ZRANGEBYSCORE exp LIMIT ``DEAD_WINDOW`` + ZREVRANK per dead entry of
+  this index: the exact total and the page's exact positions. A page past the total
+  answers there; otherwise ZREVRANGE of those positions, HMGET [+ ZSCORE exp] per entry
+  (owner checked as for current). O(log N + limit), plus ``DEAD_WINDOW`` ranks. More
+  dead entries than that: the whole-store page walks from the top (total ZCARD - ZCOUNT),
+  a user's page reads their whole index, each within ``WALK_BUDGET`` entries (else
+  ``CATCHING_UP``).
 - delete: GET gen, HMGET, UNLINK record, ZREM x3.
 - clear (all): ZCARD, ZCOUNT, INCR gen, SADD reclaim. O(1): the old generation becomes
   invisible at once; ``reclaim`` frees its keys afterwards in bounded batches
   (ZRANGE exp + UNLINK/ZREM per entry), also a little at every save.
-- clear (one user): ZRANGE the user's index, UNLINK + ZREM x2 per record, DEL the index.
+- clear (one user): ZRANGE the user's index, HGET u per entry, UNLINK + ZREM x2 per
+  record of that user, UNLINK the index.
 
 Operations for operators and monitoring
 ---------------------------------------
@@ -102,7 +123,8 @@ Topologies (see ``connect``)
   StoreUnavailable, though the write may exist on the primary.
 - With ``replicas`` get, current/validity and page run as EVALSHA_RO (EVAL_RO when the
   replica lacks the script) with prune batch 0 and no reveal counting, so they write
-  nothing; ``is_valid`` still comes from ``e`` against the replica's TIME.
+  nothing; ``is_valid`` still comes from ``e`` against the replica's TIME. A replica's
+  ``CATCHING_UP`` is asked once more of the primary, whose prune makes progress.
 
 Failures and retries
 --------------------
@@ -111,7 +133,8 @@ connections, a bounded pool that raises at once when exhausted, and no retries o
 own (see ``connect``). Every Redis failure that says "not now" (refused or reset
 connection, timeout, LOADING, READONLY after a failover, exhausted pool, OOM under
 ``noeviction``, BUSY script, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, NOREPLICAS, MISCONF)
-becomes ``StoreUnavailable(kind)``; the API answers it with 503 and ``Retry-After``.
+becomes ``StoreUnavailable(kind)``, as does a read's ``CATCHING_UP`` (kind
+``catching_up``); the API answers it with 503 and ``Retry-After``.
 Only operations that are safe to repeat are retried, and only on a failed or reset
 connection (which fails fast; a timeout is never retried, so no call waits for two of
 them): reads, id reservation (a lost block of ids only skips numbers), and a create
@@ -123,6 +146,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -134,13 +158,15 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from .client import connect, unavailable_kind
-from .scripts import PRELUDE, SCRIPTS, WRITES, script_source
+from .scripts import CATCHING_UP, DEAD_WINDOW, PRELUDE, SCRIPTS, WALK_BUDGET, WRITES, script_source
 
 __all__ = [
-    "AlreadyExpired", "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse",
-    "PreconditionFailed", "Record", "StoreUnavailable", "TokenStore", "connect", "format_id", "parse_id",
-    "script_source",
+    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "IdempotencyClaim", "IdempotencyConflict", "IndexReport",
+    "NotFound", "NumberInUse", "PreconditionFailed", "Record", "StoreUnavailable", "TokenStore", "connect",
+    "format_id", "parse_id", "script_source",
 ]
+
+log = logging.getLogger("sessionsvc")
 
 PRUNE_BATCH = 256
 RECLAIM_BATCH = 1000
@@ -610,21 +636,49 @@ class TokenStore:
 
     def current(self, user_id: str | None = None, reveal: bool = False) -> Record | None:
         """The most recently saved record held (with its sealed token when `reveal`)."""
-        if self.replicas is not None:
-            reply = self._read("current", user_id or "", 0, "2" if reveal else "0")
+        user = user_id or ""
+        if self.replicas is None:
+            reply = self._run("current", user, PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
         else:
-            reply = self._run("current", user_id or "", PRUNE_BATCH, "1" if reveal else "0", retry=not reveal)
-        if len(reply) == 1:
+            flag = "2" if reveal else "0"
+            reply = self._bounded_read("current", (user, 0, flag), (user, PRUNE_BATCH, flag))
+        self._passed_over(user, reply[2])
+        if reply[0] == CATCHING_UP:
+            raise StoreUnavailable("catching_up")
+        if len(reply) == 3:
             return None
-        return self._held(reply[0], reply[1], reply[2] if len(reply) > 2 else None)
+        return self._held(reply[1], reply[3], reply[4] if len(reply) > 4 else None)
 
     def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
-        if self.replicas is not None:
-            reply = self._read("page", user_id or "", offset, limit, 0)
+        user = user_id or ""
+        if self.replicas is None:
+            reply = self._run("page", user, offset, limit, PRUNE_BATCH, retry=True)
         else:
-            reply = self._run("page", user_id or "", offset, limit, PRUNE_BATCH, retry=True)
-        now_ms = reply[0]
-        return int(reply[1]), [self._held(now_ms, fields) for fields in reply[2:]]
+            reply = self._bounded_read("page", (user, offset, limit, 0), (user, offset, limit, PRUNE_BATCH))
+        self._passed_over(user, reply[3])
+        if reply[0] == CATCHING_UP:
+            raise StoreUnavailable("catching_up")
+        now_ms = reply[1]
+        return int(reply[2]), [self._held(now_ms, fields) for fields in reply[4:]]
+
+    def _bounded_read(self, name: str, replica_args: tuple, primary_args: tuple) -> Any:
+        """A read on a replica; when it answers CATCHING_UP, once more on the primary, whose
+        prune makes progress (replicas never prune, so without it they would not catch up
+        until a write came along)."""
+        reply = self._read(name, *replica_args)
+        if reply[0] == CATCHING_UP:
+            reply = self._run(name, *primary_args, retry=True)
+        return reply
+
+    @staticmethod
+    def _passed_over(user_id: str, numbers: list) -> None:
+        """Log the entries of a user's index that named another user's record (and so were
+        skipped): by ids only, never a token."""
+        for number in numbers:
+            log.warning(
+                "index entry of another user's record skipped",
+                extra={"event": "foreign_index_entry", "record_id": format_id(int(number)), "user_id": user_id},
+            )
 
     def delete(self, number: int) -> bool:
         return bool(self._run("delete", number))
@@ -632,7 +686,9 @@ class TokenStore:
     def clear(self, user_id: str | None = None) -> int:
         """Make every record (or one user's) invisible at once; returns how many were live."""
         if user_id:
-            return int(self._run("clear_user", user_id))
+            live, foreign = self._run("clear_user", user_id)
+            self._passed_over(user_id, foreign)
+            return int(live)
         return int(self._run("clear_all"))
 
     def reclaim(self, batch: int = RECLAIM_BATCH, deadline_seconds: float = 30.0) -> int:

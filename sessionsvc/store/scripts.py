@@ -11,7 +11,22 @@ from __future__ import annotations
 # {P}:slot-guard (never written; see TokenStore) and ARGV[1] = {P}; the other keys share
 # the hash tag and are built from it.
 
-PRELUDE = """
+# First element of the reply of the bounded reads (current, page). CATCHING_UP: the answer
+# lies past more dead index entries than a read may pass over; each call's prune brings
+# the store closer, so a retry converges.
+ANSWERED = 1
+CATCHING_UP = 0
+# Dead index entries (records past retention, not yet pruned) a read locates exactly: up to
+# this many, pages and totals are exact at any depth.
+DEAD_WINDOW = 256
+# Index entries a read may pass over beyond that: entries naming another user's record,
+# and dead entries while more than DEAD_WINDOW wait.
+WALK_BUDGET = 512
+
+PRELUDE = f"""
+local ANSWERED, CATCHING_UP = {ANSWERED}, {CATCHING_UP}
+local DEAD_WINDOW, WALK_BUDGET = {DEAD_WINDOW}, {WALK_BUDGET}
+""" + """
 local root = ARGV[1]
 local gen = redis.call('GET', KEYS[1]) or '0'
 local clock = redis.call('TIME')
@@ -105,6 +120,53 @@ end
 local function dead_count()
   return redis.call('ZCOUNT', exp_key, '-inf', ms(now))
 end
+
+-- The ranks in `index` (highest score first) of its entries of dead records, ascending.
+-- Complete only while at most DEAD_WINDOW entries are dead.
+local function dead_ranks(index, user)
+  local ranks = {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', exp_key, '-inf', ms(now), 'LIMIT', 0, DEAD_WINDOW)) do
+    local n, owner = split(member)
+    if user == '' or owner == user then
+      local rank = redis.call('ZREVRANK', index, n)
+      if rank then ranks[#ranks + 1] = rank end
+    end
+  end
+  table.sort(ranks)
+  return ranks
+end
+
+-- Up to `want` records of `index` from position `first` on (most recently saved first),
+-- reading `chunk` entries, then as many as are still wanted, and at most `budget` in all.
+-- Passed over: entries whose record is not held (or is dead, when `check_death`) and, in a
+-- user's index (`user` not ''), entries naming another user's record, which are added to
+-- `foreign`. -> records, true when the index ended before `want` were found
+local function walk(index, user, first, want, budget, chunk, check_death, foreign)
+  local records, read = {}, 0
+  while read < budget do
+    local count = math.min(chunk, budget - read)
+    local numbers = redis.call('ZREVRANGE', index, first + read, first + read + count - 1)
+    read = read + count
+    for _, n in ipairs(numbers) do
+      local record = load(n, check_death)
+      if record and user ~= '' and record[2] ~= user then
+        foreign[#foreign + 1] = n
+      elseif record then
+        records[#records + 1] = record
+        if #records == want then return records, false end
+      end
+    end
+    if #numbers < count then return records, true end
+    chunk = math.max(want - #records, 16)
+  end
+  return records, false
+end
+
+-- Entries naming another user's record leave that user's index, on the primary only
+-- (prune batch > 0); replicas just pass over them.
+local function heal(user, foreign, batch)
+  if batch > 0 and #foreign > 0 then redis.call('ZREM', user_key(user), unpack(foreign)) end
+end
 """
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
@@ -182,66 +244,78 @@ return held[1]
 """
 
 # ARGV: root, user ('' = all), prune batch, reveal ('1' returns the sealed token and
-# counts a reveal, '2' returns it uncounted, '0' not at all) -> {now, record[, sealed token]} | {now}
+# counts a reveal, '2' returns it uncounted, '0' not at all)
+# -> {ANSWERED, now, foreign, record[, sealed token]} | {ANSWERED, now, foreign} none held
+#    | {CATCHING_UP, now, foreign}; foreign: numbers of entries naming another user's record
 # With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
 _CURRENT = """
-prune(tonumber(ARGV[3]))
-local index = all_key
-if ARGV[2] ~= '' then index = user_key(ARGV[2]) end
-local check = dead_count() > 0
-local position = 0
-while true do
-  local numbers = redis.call('ZREVRANGE', index, position, position + 15)
-  if #numbers == 0 then return {now} end
-  for _, n in ipairs(numbers) do
-    local record = load(n, check)
-    if record then
-      if ARGV[4] == '0' then return {now, record} end
-      if ARGV[4] == '1' then count_reveal(n, record) end
-      return {now, record, redis.call('HGET', rec_key(n), 't')}
-    end
-  end
-  position = position + 16
-end
-"""
-
-# ARGV: root, user ('' = all), offset, limit, prune batch -> {now, total, record...}
-# With prune batch 0 it writes nothing (so it runs on replicas).
-_PAGE = """
-prune(tonumber(ARGV[5]))
-local user, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local batch, user = tonumber(ARGV[3]), ARGV[2]
+prune(batch)
 local index = all_key
 if user ~= '' then index = user_key(user) end
-local dead = dead_count()
-local reply = {now, 0}
-if dead == 0 then
-  reply[2] = redis.call('ZCARD', index)
-  for _, n in ipairs(redis.call('ZREVRANGE', index, offset, offset + limit - 1)) do
-    local record = load(n, false)
-    if record then reply[#reply + 1] = record end
-  end
-  return reply
+local foreign = {}
+-- The budget passes over every dead entry while at most DEAD_WINDOW wait.
+local records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET, 16, dead_count() > 0, foreign)
+heal(user, foreign, batch)
+local record = records[1]
+if not record then
+  if ended then return {ANSWERED, now, foreign} end
+  return {CATCHING_UP, now, foreign}
 end
--- A burst of expiries outran pruning: walk the index, skipping dead entries.
-local seen, position = 0, 0
-while true do
-  local numbers = redis.call('ZREVRANGE', index, position, position + 255)
-  if #numbers == 0 then break end
-  for _, n in ipairs(numbers) do
-    local record = load(n, true)
-    if record then
-      if seen >= offset and #reply - 2 < limit then reply[#reply + 1] = record end
-      seen = seen + 1
+local n = record[1]
+if ARGV[4] == '0' then return {ANSWERED, now, foreign, record} end
+if ARGV[4] == '1' then count_reveal(n, record) end
+return {ANSWERED, now, foreign, record, redis.call('HGET', rec_key(n), 't')}
+"""
+
+# ARGV: root, user ('' = all), offset, limit, prune batch
+# -> {ANSWERED, now, total, foreign, record...} | {CATCHING_UP, now, 0, foreign}
+#    foreign: numbers of entries naming another user's record (passed over)
+# With prune batch 0 it writes nothing (so it runs on replicas).
+_PAGE = """
+local batch, user, offset, limit = tonumber(ARGV[5]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+prune(batch)
+local index = all_key
+if user ~= '' then index = user_key(user) end
+local size, dead = redis.call('ZCARD', index), dead_count()
+local foreign, records, ended = {}, {}, false
+local total, skip, want = 0, 0, limit
+if dead <= DEAD_WINDOW then
+  -- Every dead entry is known: their ranks map the page to exact positions.
+  local ranks = {}
+  if dead > 0 then ranks = dead_ranks(index, user) end
+  total = size - #ranks
+  if offset >= total then return {ANSWERED, now, total, foreign} end
+  local first, last = offset, offset + limit - 1
+  for _, rank in ipairs(ranks) do
+    if rank <= first then
+      first, last = first + 1, last + 1
+    elseif rank <= last then
+      last = last + 1
     end
   end
-  if user == '' and #reply - 2 >= limit then break end
-  position = position + 256
+  records, ended = walk(index, user, first, limit, last - first + 1 + WALK_BUDGET, last - first + 1, dead > 0,
+                        foreign)
+  total = total - #foreign
+elseif user == '' then
+  -- A burst of expiries outran pruning: the total is still exact; the page is found by
+  -- walking from the top, within the budget.
+  total = size - dead
+  if offset >= total then return {ANSWERED, now, total, foreign} end
+  skip, want = offset, offset + limit
+  if want <= WALK_BUDGET or size <= WALK_BUDGET then
+    records, ended = walk(index, user, 0, want, WALK_BUDGET, want, true, foreign)
+  end
+elseif size <= WALK_BUDGET then
+  -- A user's total is then known only by reading every entry of their index.
+  skip, want = offset, size + 1
+  records, ended = walk(index, user, 0, want, want, want, true, foreign)
+  total = #records
 end
-if user == '' then
-  reply[2] = redis.call('ZCARD', all_key) - dead
-else
-  reply[2] = seen
-end
+heal(user, foreign, batch)
+if #records < want and not ended then return {CATCHING_UP, now, 0, foreign} end
+local reply = {ANSWERED, now, total, foreign}
+for i = skip + 1, math.min(#records, skip + limit) do reply[#reply + 1] = records[i] end
 return reply
 """
 
@@ -267,20 +341,26 @@ end
 return live
 """
 
-# ARGV: root, user -> number of live records deleted
+# ARGV: root, user -> {number of live records deleted, foreign}
+#    foreign: numbers of entries naming another user's record (that record is left alone)
 _CLEAR_USER = """
 local user = ARGV[2]
-local live = 0
+local live, foreign = 0, {}
 for _, n in ipairs(redis.call('ZRANGE', user_key(user), 0, -1)) do
-  local member = n .. ':' .. user
-  local death = redis.call('ZSCORE', exp_key, member)
-  if death and tonumber(death) > now then live = live + 1 end
-  redis.call('UNLINK', rec_key(n))
-  redis.call('ZREM', all_key, n)
-  redis.call('ZREM', exp_key, member)
+  local owner = redis.call('HGET', rec_key(n), 'u')
+  if owner and owner ~= user then
+    foreign[#foreign + 1] = n
+  else
+    local member = n .. ':' .. user
+    local death = redis.call('ZSCORE', exp_key, member)
+    if death and tonumber(death) > now then live = live + 1 end
+    redis.call('UNLINK', rec_key(n))
+    redis.call('ZREM', all_key, n)
+    redis.call('ZREM', exp_key, member)
+  end
 end
 redis.call('UNLINK', user_key(user))
-return live
+return {live, foreign}
 """
 
 # ARGV: root, batch -> entries freed (0 when nothing is left to reclaim)
