@@ -127,6 +127,11 @@ class Config:
     )
     rate_limit: str | None = field(default=None, metadata={"env": "SESSIONSVC_RATE_LIMIT"})
     auth_failures: str = field(default="30 per minute", metadata={"env": "SESSIONSVC_AUTH_FAILURES"})
+    # AES-GCM with random 96-bit nonces stays within its collision bound for about 2**32
+    # encryptions per key; past half of that, /readyz and the logs ask for a new key.
+    rotate_key_after: int = field(
+        default=2**31, metadata={"env": "SESSIONSVC_ROTATE_KEY_AFTER", "parse": _int}
+    )
     proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
     # gunicorn's own variable (gunicorn.conf.py passes it on): the peers whose
     # X-Forwarded-* headers are believed.

@@ -116,6 +116,15 @@ class StoreCollector:
         for key_id, count in sorted(census.by_key_id.items()):
             by_key.add_metric([key_id], count)
         yield by_key
+        encryptions = CounterMetricFamily(
+            "sessionsvc_encryptions",
+            "Tokens sealed per encryption key id (store-wide, kept in Redis): AES-GCM's random-nonce "
+            "budget spent; rotate past SESSIONSVC_ROTATE_KEY_AFTER.",
+            labels=["key_id"],
+        )
+        for key_id, count in sorted(census.encryptions.items()):
+            encryptions.add_metric([key_id], count)
+        yield encryptions
         yield CounterMetricFamily(
             "sessionsvc_index_entries_pruned",
             "Index entries of expired records pruned (store-wide, kept in Redis).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from time import monotonic
@@ -13,6 +14,9 @@ from swagger_ui_bundle import swagger_ui_path
 
 from .schemas import Health, Readiness
 from .store import StoreUnavailable
+from .vault import TokenVault
+
+log = logging.getLogger("sessionsvc")
 
 health = ApiBlueprint("health", __name__, description="Liveness and readiness probes; never authenticated.")
 docs = Blueprint("docs", __name__)
@@ -41,8 +45,10 @@ DOCS_INIT = """window.ui = SwaggerUIBundle({
 });
 """
 
-READY_EXAMPLE = {"status": "ok", "redis": "ok", "scripts": "loaded"}
-NOT_READY_EXAMPLE = {"status": "unavailable", "redis": "connection", "scripts": "unknown"}
+READY_EXAMPLE = {"status": "ok", "redis": "ok", "scripts": "loaded", "encryption_key": "ok"}
+NOT_READY_EXAMPLE = {"status": "unavailable", "redis": "connection", "scripts": "unknown", "encryption_key": "unknown"}
+# While the encrypting key is past its budget, a warning at most this often per process.
+ROTATE_WARNING_SECONDS = 3600.0
 # How long one process reuses its last readiness check: /readyz is open to anyone, and
 # however often it is asked, Redis sees at most one check per process in that time.
 READINESS_SECONDS = 1.0
@@ -69,26 +75,57 @@ class Reused:
             return self.value
 
 
-def readiness(store) -> tuple[dict, int]:
+class RotationReminder:
+    """Logs that the encrypting key is past its budget: at once, then at most once per
+    ROTATE_WARNING_SECONDS (one per app, so a process's probes do not flood the log)."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+
+    def __call__(self, key_id: str, encryptions: int, rotate_key_after: int) -> None:
+        if monotonic() - self.last < ROTATE_WARNING_SECONDS:
+            return
+        self.last = monotonic()
+        log.warning(
+            "the encrypting key has sealed more tokens than SESSIONSVC_ROTATE_KEY_AFTER: add a new key "
+            "and rotate (README, Encryption keys)",
+            extra={"event": "rotate_encryption_key", "key_id": key_id, "encryptions": encryptions,
+                   "rotate_key_after": rotate_key_after},
+        )
+
+
+def readiness(vault: TokenVault, rotate_key_after: int, remind: RotationReminder) -> tuple[dict, int]:
     """Whether Redis answers PING within the client timeout and holds the store's
-    scripts (loading any it lost), as /readyz's body and status."""
+    scripts (loading any it lost), as /readyz's body and status; and whether the
+    encrypting key has sealed more tokens than SESSIONSVC_ROTATE_KEY_AFTER (still ready,
+    but time to rotate keys)."""
+    store = vault.store
     try:
         store.ping()
     except StoreUnavailable as error:
-        return {"status": "unavailable", "redis": error.kind, "scripts": "unknown"}, 503
+        return {**NOT_READY_EXAMPLE, "redis": error.kind}, 503
     try:
         store.load_scripts()
     except StoreUnavailable as error:
-        return {"status": "unavailable", "redis": "ok", "scripts": error.kind}, 503
-    return READY_EXAMPLE, 200
+        return {**NOT_READY_EXAMPLE, "redis": "ok", "scripts": error.kind}, 503
+    try:
+        encryptions = vault.encryptions()
+    except StoreUnavailable:
+        return {**READY_EXAMPLE, "encryption_key": "unknown"}, 200
+    if encryptions <= rotate_key_after:
+        return READY_EXAMPLE, 200
+    remind(vault.cipher.current_key_id, encryptions, rotate_key_after)
+    return {**READY_EXAMPLE, "encryption_key": "rotate"}, 200
 
 
 @health.record_once
 def reuse_readiness(state) -> None:
     """Give the app its reused readiness check (the store is looked up when it runs)."""
     app = state.app
+    remind = RotationReminder()
     app.extensions["sessionsvc.readiness"] = Reused(
-        lambda: readiness(app.extensions["sessionsvc"].store), READINESS_SECONDS
+        lambda: readiness(app.extensions["sessionsvc"], app.config["SESSIONSVC"].rotate_key_after, remind),
+        READINESS_SECONDS,
     )
 
 

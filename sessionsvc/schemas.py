@@ -341,3 +341,8 @@ class Readiness(Schema):
         metadata={"description": "`loaded`, `unknown` (Redis did not answer) or the kind of failure.",
                   "example": "loaded"}
     )
+    encryption_key = fields.String(
+        metadata={"description": "`ok`; `rotate` when the encrypting key has sealed more tokens than "
+                  "SESSIONSVC_ROTATE_KEY_AFTER (AES-GCM's random-nonce budget: add a new key and rotate; "
+                  "still ready); `unknown` when Redis did not answer.", "example": "ok"}
+    )

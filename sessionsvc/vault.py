@@ -60,6 +60,7 @@ class KeyCensus:
     records: int
     pruned: int
     by_key_id: dict[str, int]  # exact up to the sample size, estimated above
+    encryptions: dict[str, int]  # tokens sealed so far per key id: the nonce budget spent
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,13 @@ class TokenVault:
         sampled = Counter(self.cipher.key_id_of(head) for head in census.sealed_heads)
         scale = census.records / len(census.sealed_heads) if census.sealed_heads else 0
         by_key_id = {key_id: round(count * scale) for key_id, count in sampled.items()}
-        return KeyCensus(records=census.records, pruned=census.pruned, by_key_id=by_key_id)
+        return KeyCensus(
+            records=census.records, pruned=census.pruned, by_key_id=by_key_id, encryptions=census.encryptions
+        )
+
+    def encryptions(self) -> int:
+        """Tokens sealed so far under the encrypting key (store-wide): its nonce budget spent."""
+        return self.store.encryptions(self.cipher.current_key_id)
 
     def rotate_keys(self) -> RotationReport:
         """Re-seal every record not under the first key; repeats until none is left.

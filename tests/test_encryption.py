@@ -146,3 +146,48 @@ def test_production_refuses_to_start_without_keys():
 
     with pytest.raises(ConfigError, match="SESSIONSVC_ENCRYPTION_KEYS"):
         Config(env="production", redis_url="redis://127.0.0.1:1/0", allow_public=True).check()
+
+
+# --- nonce budget: encryptions counted per key id --------------------------------------------
+
+
+def metric_value(body: str, name: str, **labels: str) -> float | None:
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in body.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_every_seal_is_counted_per_key_id_in_redis_and_exported(backend, make_app, raw):
+    app = make_app()
+    client = app.test_client()
+    first = client.post(API, json={"user_id": "alice", "token": CANARY, "expires_at": future()}).json["id"]
+    client.post(API, json={"user_id": "bob", "token": CANARY + "b", "expires_at": future()})
+    client.put(f"{API}/{first}", json={"token": CANARY + "2", "expires_at": future()})
+    assert raw.hgetall("{sessionsvc}:seals") == {b"test": b"3"}
+
+    rotated = make_app(encryption_keys=(generate_key("new"), *TEST_KEYS))
+    assert rotated.test_cli_runner().invoke(args=["rotate-keys"]).exit_code == 0
+    assert raw.hgetall("{sessionsvc}:seals") == {b"test": b"3", b"new": b"2"}
+    body = rotated.test_client().get("/metrics").get_data(as_text=True)
+    assert metric_value(body, "sessionsvc_encryptions_total", key_id="new") == 2
+    assert metric_value(body, "sessionsvc_encryptions_total", key_id="test") == 3
+
+
+def test_readiness_and_the_log_ask_for_a_new_key_past_the_configured_budget(backend, make_app, raw, caplog):
+    app = make_app(rotate_key_after=2)
+    client = app.test_client()
+    for user in ("u1", "u2"):
+        client.post(API, json={"user_id": user, "token": CANARY, "expires_at": future()})
+    assert client.get("/readyz").json["encryption_key"] == "ok"
+
+    past = make_app(rotate_key_after=2)  # a new process: no readiness answer reused yet
+    past.test_client().post(API, json={"user_id": "u3", "token": CANARY, "expires_at": future()})
+    with caplog.at_level("WARNING", logger="sessionsvc"):
+        ready = past.test_client().get("/readyz")
+    assert ready.status_code == 200  # still serving: rotating is the operator's next step
+    assert ready.json == {"status": "ok", "redis": "ok", "scripts": "loaded", "encryption_key": "rotate"}
+    warnings = [record for record in caplog.records if getattr(record, "event", "") == "rotate_encryption_key"]
+    assert warnings and warnings[0].key_id == "test" and warnings[0].encryptions == 3
+    assert CANARY not in caplog.text

@@ -38,7 +38,7 @@ def test_healthz_and_readyz_answer_json(client):
     assert client.get("/healthz").json == {"status": "ok"}
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json == {"status": "ok", "redis": "ok", "scripts": "loaded"}
+    assert response.json == {"status": "ok", "redis": "ok", "scripts": "loaded", "encryption_key": "ok"}
 
 
 def test_readyz_loads_scripts_redis_has_lost(client, raw):

@@ -106,7 +106,7 @@ def test_metrics_add_up_requests_from_two_workers_in_one_scrape(service, tmp_pat
 def test_readiness_flips_when_redis_stops_and_back_when_it_returns(service, redis_server):
     instance = service()
     status, _, body = instance.request("GET", "/readyz")
-    assert (status, body) == (200, {"status": "ok", "redis": "ok", "scripts": "loaded"})
+    assert (status, body) == (200, {"status": "ok", "redis": "ok", "scripts": "loaded", "encryption_key": "ok"})
 
     redis_server.stop()
 

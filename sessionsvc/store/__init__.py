@@ -16,6 +16,9 @@ key                             type     content
 ``{P}:reclaim``                 set      old generations whose keys are still being freed
 ``{P}:pruned``                  string   index entries pruned so far (a store-wide counter
                                          for metrics; INCRBY in ``prune``)
+``{P}:seals``                   hash     field key id, value: tokens sealed under that key
+                                         (HINCRBY in create, refresh and reseal: AES-GCM's
+                                         random-nonce budget, counted per key)
 ``{P}:r:<n>``                   hash     record ``n``: ``u`` user id, ``t`` sealed token,
                                          ``p`` preview, ``e`` expires_at (unix s), ``s``
                                          saved_at, ``c`` created_at, ``o`` save number
@@ -68,13 +71,13 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
 -----------------------------------------------------------------------------------------
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
-- create: GET gen, TIME, [HMGET idem: held -> answer the stored snapshot, or refuse a
+- create: GET gen, TIME, HINCRBY seals, [HMGET idem: held -> answer the stored snapshot, or refuse a
   different digest], INCR saves, HSET + PEXPIREAT record, ZADD x3, [HSET + PEXPIRE idem],
   prune. The check and the record happen in one script, so two processes racing with one
   key create one record.
 - bulk load (``create_many``): the create script per record, pipelined, one round-trip
   per ``BULK_BATCH`` records.
-- refresh: GET gen, TIME, HMGET (exists, same generation, owner, version), ZSCORE exp
+- refresh: GET gen, TIME, HINCRBY seals, HMGET (exists, same generation, owner, version), ZSCORE exp
   (not dead by the script's clock, to the millisecond), INCR saves,
   HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The existence check and the
   writes are one script, and Redis treats a key whose TTL passed before the script started
@@ -105,8 +108,10 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
 
 Operations for operators and monitoring
 ---------------------------------------
-- readiness: PING; SCRIPT EXISTS of every script (SCRIPT LOAD of any missing one).
+- readiness: PING; SCRIPT EXISTS of every script (SCRIPT LOAD of any missing one);
+  HGET seals <encrypting key id> (``encryptions``).
 - census (every metrics scrape): GET gen, TIME, ZCARD all, ZCOUNT exp, GET pruned,
+  HGETALL seals,
   ZRANDMEMBER all ``CENSUS_SAMPLE`` + HMGET per sampled record: the live count is exact,
   the count per key id is exact up to ``CENSUS_SAMPLE`` records and a uniform sample
   above (``scan`` gives exact counts, for the ``stats`` command).
@@ -255,6 +260,7 @@ class Census:
 
     records: int
     pruned: int
+    encryptions: dict[str, int]  # tokens sealed so far, per key id (store-wide)
     sealed_heads: list[bytes]  # the first bytes of a uniform sample of sealed tokens
 
 
@@ -719,7 +725,15 @@ class TokenStore:
 
     def census(self, sample: int = CENSUS_SAMPLE) -> Census:
         reply = self._run("census", sample, SEALED_HEAD_BYTES, retry=True)
-        return Census(records=int(reply[0]), pruned=int(reply[1]), sealed_heads=list(reply[2:]))
+        seals = reply[2]
+        encryptions = {seals[i].decode("ascii"): int(seals[i + 1]) for i in range(0, len(seals), 2)}
+        return Census(records=int(reply[0]), pruned=int(reply[1]), encryptions=encryptions,
+                      sealed_heads=list(reply[3:]))
+
+    def encryptions(self, key_id: str) -> int:
+        """How many tokens the store has seen sealed under one key id (HGET of ``seals``)."""
+        count = self._attempt("encryptions", lambda: self.client.hget(self.root + ":seals", key_id), retry=True)
+        return int(count or 0)
 
     def check_index(self, repair: bool = False, batch: int = 500) -> IndexReport:
         """Compare records and index entries of the current generation; with `repair`,

@@ -117,6 +117,13 @@ local function save_fields(n, user, blob, preview, expires, save_number, death)
   index_add(n, user, save_number, death)
 end
 
+-- One more encryption under the key that sealed `blob` (named by its '<key id>:' head):
+-- AES-GCM with random nonces is safe for a bounded number of encryptions per key.
+local function count_seal(blob)
+  local key_id = string.match(blob, '^([a-z0-9_-]+):')
+  if key_id then redis.call('HINCRBY', root .. ':seals', key_id, 1) end
+end
+
 local function dead_count()
   return redis.call('ZCOUNT', exp_key, '-inf', ms(now))
 end
@@ -176,6 +183,7 @@ end
 #    request | {-2} already dead by Redis's clock
 _CREATE = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
+count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
 local idem_key = nil
 if ARGV[9] ~= '' then
   idem_key = root .. ':idem:' .. ARGV[9]
@@ -209,6 +217,7 @@ return {1, now, record}
 #    | {-2} already dead by Redis's clock
 _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
+count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
 local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
 if not held[1] or held[2] ~= gen or held[1] ~= user then return {0} end
 -- Redis expires a key only once its time is strictly past (and by the script's start
@@ -387,16 +396,19 @@ return reply
 # ARGV: root, n, old sealed token, new sealed token -> 1 replaced | 0 record changed meanwhile
 _RESEAL = """
 local n = ARGV[2]
+count_seal(ARGV[4])
 local held = redis.call('HMGET', rec_key(n), 't', 'g')
 if held[1] ~= ARGV[3] or held[2] ~= gen then return 0 end
 redis.call('HSET', rec_key(n), 't', ARGV[4])
 return 1
 """
 
-# ARGV: root, sample size -> {live records, entries pruned so far, sealed-token head...}
+# ARGV: root, sample size
+# -> {live records, entries pruned so far, {key id, encryptions, ...}, sealed-token head...}
 _CENSUS = """
 local reply = {redis.call('ZCARD', all_key) - dead_count(),
-               tonumber(redis.call('GET', root .. ':pruned') or '0')}
+               tonumber(redis.call('GET', root .. ':pruned') or '0'),
+               redis.call('HGETALL', root .. ':seals')}
 for _, n in ipairs(redis.call('ZRANDMEMBER', all_key, tonumber(ARGV[2]))) do
   local held = redis.call('HMGET', rec_key(n), 'g', 't')
   if held[1] == gen and held[2] then reply[#reply + 1] = string.sub(held[2], 1, tonumber(ARGV[3])) end
