@@ -85,4 +85,11 @@ LINK_HEADER = {
 
 
 # How a record id is documented: what ids look like (any other segment is simply a 404).
-RECORD_ID_SCHEMA = {"type": "string", "pattern": "^store_[0-9]+$", "example": "store_001"}
+# `store.format_id` pads the number to at least 3 digits; `store.parse_id` takes at most 18.
+RECORD_ID_SCHEMA = {
+    "type": "string",
+    "minLength": len("store_") + 3,
+    "maxLength": len("store_") + 18,
+    "pattern": "^store_[0-9]{3,18}$",
+    "example": "store_001",
+}

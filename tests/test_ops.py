@@ -19,6 +19,7 @@ from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable
+from sessionsvc.store import parse_id
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_ERRORS = {"401", "429", "503"}
@@ -138,6 +139,31 @@ def test_every_operation_is_fit_for_code_generators(document):
     limit = parameters["limit"]
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 20)
     assert "Link" in by_id["listTokens"]["responses"]["200"]["headers"]
+
+
+def test_every_query_and_path_string_states_the_lengths_the_server_accepts(document):
+    """A client generated from the document then never builds a request the server (or
+    gunicorn's request-line limit) refuses for its length."""
+    parameters = [
+        (path, parameter)
+        for path, item in document["paths"].items()
+        for holder in (item, *(operation for operation in item.values() if isinstance(operation, dict)))
+        for parameter in holder.get("parameters", [])
+        if parameter["in"] in ("query", "path") and parameter["schema"].get("type") == "string"
+    ]
+    assert {parameter["name"] for _, parameter in parameters} == {"user_id", "record_id"}
+    for path, parameter in parameters:
+        assert "maxLength" in parameter["schema"], (path, parameter["name"])
+    user_id = next(parameter["schema"] for _, parameter in parameters if parameter["name"] == "user_id")
+    assert (user_id["minLength"], user_id["maxLength"]) == (1, 128)
+    record_id = next(parameter["schema"] for _, parameter in parameters if parameter["name"] == "record_id")
+    shortest, longest = "store_001", "store_" + "9" * 18
+    assert (len(shortest), len(longest)) == (record_id["minLength"], record_id["maxLength"])
+    assert parse_id(shortest) == 1 and parse_id(longest) == 10**18 - 1
+    assert parse_id("store_01") is None and parse_id(longest + "9") is None
+    assert re.fullmatch(record_id["pattern"].strip("^$"), longest) and not re.fullmatch(
+        record_id["pattern"].strip("^$"), longest + "9"
+    )
 
 
 def test_contract_examples_are_in_the_document(document):
