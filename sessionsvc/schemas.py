@@ -135,7 +135,7 @@ class IdempotencyHeader(Schema):
             "characters. Repeating the POST with the same key and body within the idempotency window "
             "answers the original 201 again (with `Idempotent-Replayed: true`) and creates nothing; the "
             "same key with a different body is a 422.",
-            "example": "4f9b6c1e-8d2a-4c1e-9f1b-2a7d3c5e6f70",
+            # No example: Swagger UI's "Try it out" would send it, one key for every reader.
         },
     )
 
@@ -167,8 +167,8 @@ class IfMatchHeader(Schema):
             "type": "string",
             "description": "The `ETag` of the version the change is based on (from GET, POST or PUT). "
             "When the record has been saved since, the PUT is refused 412 and changes nothing. "
-            "Optional: without it the PUT applies to whatever version is held.",
-            "example": '"42"',
+            "Optional: without it the PUT applies to whatever version is held. For example `\"42\"`.",
+            # No example field: Swagger UI's "Try it out" would send it, and be refused 412.
         },
     )
 

@@ -166,6 +166,21 @@ def test_every_query_and_path_string_states_the_lengths_the_server_accepts(docum
     )
 
 
+def test_no_optional_header_has_an_example_try_it_out_would_send(document):
+    """Swagger UI fills a parameter in from its example, and "Try it out" sends it: an
+    example If-Match is refused 412, an example Idempotency-Key is one key for every reader."""
+    headers = [
+        parameter
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "header"
+    ]
+    assert {parameter["name"] for parameter in headers} == {"Idempotency-Key", "If-Match"}
+    assert not [parameter for parameter in headers if "example" in parameter or "example" in parameter["schema"]]
+
+
 def test_contract_examples_are_in_the_document(document):
     post = document["paths"][API]["post"]
     assert post["requestBody"]["content"]["application/json"]["example"] == {
