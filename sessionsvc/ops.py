@@ -1,11 +1,16 @@
-"""Operational endpoints: liveness and readiness (documented), and the self-hosted Swagger UI."""
+"""Operational endpoints: liveness and readiness (documented), the OpenAPI document and the
+self-hosted Swagger UI."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, send_from_directory
+import time
+
+from flask import Blueprint, current_app, json, send_from_directory
 from flask_smorest import Blueprint as ApiBlueprint
 from swagger_ui_bundle import swagger_ui_path
 
+from .apidoc import dated_examples
+from .jsonprovider import MIMETYPE
 from .schemas import Health, Readiness
 from .store import StoreUnavailable
 
@@ -71,6 +76,15 @@ def readyz():
     except StoreUnavailable as error:
         return {"status": "unavailable", "redis": "ok", "scripts": error.kind}, 503, retry_after
     return READY_EXAMPLE
+
+
+@docs.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI document flask-smorest built (what `flask openapi write` writes), its
+    example times dated to now, so that the examples "Try it out" sends are accepted."""
+    api = current_app.extensions["flask-smorest"]["apis"][""]["ext_obj"]
+    document = dated_examples(api.spec.to_dict(), time.time(), current_app.config["SESSIONSVC"].max_ttl_seconds)
+    return current_app.response_class(json.dumps(document, indent=2), mimetype=MIMETYPE)
 
 
 @docs.get("/docs")

@@ -48,6 +48,7 @@ class Timestamp(fields.Field):
 
     def __init__(self, **kwargs: Any):
         metadata = kwargs.pop("metadata", {})
+        # The contract's time; the served document dates it to the present (apidoc.dated_examples).
         metadata.setdefault("example", "2026-03-26T11:00:00Z")
         super().__init__(metadata={"type": "string", "format": "date-time", **metadata}, **kwargs)
 
