@@ -153,7 +153,10 @@ class EntityTags(fields.Field):
         tags = parse_etags(value)
         if tags.star_tag:
             return None
-        return tuple(sorted(int(tag) for tag in tags.as_set() if tag.isascii() and tag.isdigit() and len(tag) <= 18))
+        # werkzeug gives an empty tag ("") as None: it names no version either.
+        return tuple(
+            sorted(int(tag) for tag in tags.as_set() if tag and tag.isascii() and tag.isdigit() and len(tag) <= 18)
+        )
 
 
 class IfMatchHeader(Schema):
