@@ -43,7 +43,7 @@ audit: $(STAMP)
 
 # The committed OpenAPI document (a test fails while it differs from what is served).
 openapi: $(STAMP)
-	env -u SESSIONSVC_API_KEYS $(BIN)/flask --app wsgi openapi write openapi.json
+	env -u SESSIONSVC_API_KEYS -u SESSIONSVC_MAX_TTL_SECONDS $(BIN)/flask --app wsgi openapi write openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache instance

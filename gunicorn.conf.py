@@ -18,6 +18,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 from sessionsvc.config import Config  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR is set
 from sessionsvc.logs import lean_log_records, logging_config  # noqa: E402
+from sessionsvc.workers import worker_class as service_worker_class  # noqa: E402
 
 _app_config = Config.from_env()
 _embedded = not any(
@@ -30,9 +31,11 @@ workers = 1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gevent, 2 workers: the best of sync, gthread and gevent for the mixed workload on 2
 # cores (`python bench/run.py --sweep`, docs/benchmarks.md): the most requests/s in each
 # of four sweeps, p99 within a few ms of gthread's. SESSIONSVC_WORKER_CLASS=gthread
-# (with SESSIONSVC_THREADS per worker) is the no-monkey-patching alternative.
-worker_class = os.environ.get("SESSIONSVC_WORKER_CLASS", "gevent")
+# (with SESSIONSVC_THREADS per worker) is the no-monkey-patching alternative. gevent,
+# gthread and sync name the service's subclasses (sessionsvc/workers.py: gunicorn's own
+# refusals answered as JSON); any other value goes to gunicorn unchanged.
 threads = int(os.environ.get("SESSIONSVC_THREADS", "4"))
+worker_class = service_worker_class(os.environ.get("SESSIONSVC_WORKER_CLASS", "gevent"), threads)
 worker_connections = int(os.environ.get("SESSIONSVC_WORKER_CONNECTIONS", "200"))
 # Well above the Redis socket timeout: a slow Redis gives 503s, never a killed worker.
 timeout = max(int(os.environ.get("SESSIONSVC_WORKER_TIMEOUT", "30")), int(_app_config.redis_timeout_seconds * 5) + 1)
@@ -70,6 +73,7 @@ def size_redis_pool_to_worker_concurrency(cfg, environ):
     workers). So unless the operator chose a size, the pool is as large as the worker's
     concurrency; connections are opened only as they are needed. Run before the workers
     start, with the final settings (command line included); they inherit the environment."""
+    # By name: "gevent" and the service's "sessionsvc.workers.GeventWorker" alike.
     asynchronous = any(name in cfg.worker_class_str.lower() for name in ("gevent", "eventlet"))
     if "SESSIONSVC_REDIS_MAX_CONNECTIONS" in environ or not asynchronous:
         return

@@ -41,7 +41,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     # logging setup and must not import redis before a gevent worker patches sockets.
     from . import cli, edge, limits, metrics, turns
     from .api import RecordIdConverter, blp
-    from .apidoc import RECORD_ID_SCHEMA
+    from .apidoc import RECORD_ID_SCHEMA, state_expiry_rule
     from .crypto import Cipher
     from .errors import ServiceApi, register_error_handlers
     from .jsonprovider import OrjsonProvider
@@ -64,8 +64,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         API_TITLE="sessionsvc",
         API_VERSION="1.0.0",
         OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
+        # No OPENAPI_URL_PREFIX: ops.docs serves /openapi.json (dated examples) and /docs.
     )
 
     keys = config.encryption_keys or development_keys(app.instance_path)
@@ -102,6 +101,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     api.register_converter(RecordIdConverter, lambda converter: RECORD_ID_SCHEMA)
     api.register_blueprint(blp)
     api.register_blueprint(health)
+    state_expiry_rule(api.spec, config.max_ttl_seconds)
     if config.api_keys:
         edge.declare_bearer_auth(api)
     app.register_blueprint(docs)

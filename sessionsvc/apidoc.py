@@ -1,13 +1,23 @@
 """What the OpenAPI document says beyond the schemas: the contract's examples, documented
-headers and links, and the record id's shape. Data only; the views in `api.py` use it."""
+headers and links, and the record id's shape (data the views in `api.py` use); and the two
+things about it that depend on the app's settings or the time: the expiry rule, and the
+examples' dates."""
 
 from __future__ import annotations
 
-from .schemas import EXAMPLE_TOKEN
+import calendar
+import re
+import time
+from typing import Any
+
+from apispec import APISpec
+
+from .schemas import EXAMPLE_TOKEN, TokenCreate, TokenRefresh, format_timestamp
 
 CLEARED_MESSAGE = "All session tokens cleared from secure storage"
 
-# What the contract shows for each operation, served as the OpenAPI examples.
+# What the contract shows for each operation, served as the OpenAPI examples. Their times
+# are those of the contract's story, told as of EXAMPLES_WRITTEN_AT (see `dated_examples`).
 EXAMPLE_SUMMARY = {
     "id": "store_001",
     "user_id": "usr_9a2f31",
@@ -85,4 +95,65 @@ LINK_HEADER = {
 
 
 # How a record id is documented: what ids look like (any other segment is simply a 404).
-RECORD_ID_SCHEMA = {"type": "string", "pattern": "^store_[0-9]+$", "example": "store_001"}
+# `store.format_id` pads the number to at least 3 digits; `store.parse_id` takes at most 18.
+RECORD_ID_SCHEMA = {
+    "type": "string",
+    "minLength": len("store_") + 3,
+    "maxLength": len("store_") + 18,
+    "pattern": "^store_[0-9]{3,18}$",
+    "example": "store_001",
+}
+
+
+# The moment the contract's examples are told from: a token saved at 08:00 and another
+# created at 09:20, expiring at 11:00 and refreshed to 13:00. The document is built, and
+# openapi.json committed, as of that moment; served, it is dated to the present.
+EXAMPLES_WRITTEN_AT = "2026-03-26T09:20:00Z"
+TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
+def _seconds(timestamp: str) -> int:
+    return calendar.timegm(time.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def dated_examples(document: Any, now: float, max_ttl_seconds: int) -> Any:
+    """``document`` (the OpenAPI document, or any JSON value) with every timestamp in it,
+    all of them example times, moved by the whole minutes from EXAMPLES_WRITTEN_AT to
+    ``now``, and none later than ``now`` plus the longest expiry the service accepts.
+
+    So the request examples Swagger UI's "Try it out" sends are accepted as they are
+    (their expiries are in the future and within the maximum), and the response examples
+    tell the same story. At EXAMPLES_WRITTEN_AT the document comes back unchanged."""
+    moment = int(now) // 60 * 60
+    shift = moment - _seconds(EXAMPLES_WRITTEN_AT)
+    latest = moment + max_ttl_seconds
+
+    def dated(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: dated(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [dated(item) for item in value]
+        if isinstance(value, str) and TIMESTAMP.fullmatch(value):
+            return format_timestamp(min(_seconds(value) + shift, latest))
+        return value
+
+    return dated(document)
+
+
+DURATION_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def duration_text(seconds: int) -> str:
+    """A number of seconds in its largest whole unit: 2592000 as "30 days", 3600 as "1 hour"."""
+    unit, size = next((unit, size) for unit, size in DURATION_UNITS if seconds % size == 0)
+    count = seconds // size
+    return f"{count} {unit}" + ("" if count == 1 else "s")
+
+
+def state_expiry_rule(spec: APISpec, max_ttl_seconds: int) -> None:
+    """Say in the request bodies' ``expires_at`` descriptions which expiries are accepted:
+    the maximum is a setting (SESSIONSVC_MAX_TTL_SECONDS), so it is written in when the
+    app is built, after the schemas have been registered."""
+    rule = f" Must be in the future, and at most {duration_text(max_ttl_seconds)} ahead."
+    for schema in (TokenCreate, TokenRefresh):
+        spec.components.schemas[schema.__name__]["properties"]["expires_at"]["description"] += rule

@@ -1,17 +1,20 @@
-"""Operational endpoints: liveness and readiness (documented), and the self-hosted Swagger UI."""
+"""Operational endpoints: liveness and readiness (documented), the OpenAPI document and the
+self-hosted Swagger UI."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from time import monotonic
 from typing import Any
 
-from flask import Blueprint, current_app, send_from_directory
+from flask import Blueprint, current_app, json, send_from_directory
 from flask_smorest import Blueprint as ApiBlueprint
 from swagger_ui_bundle import swagger_ui_path
 
+from .apidoc import dated_examples
+from .jsonprovider import MIMETYPE
 from .schemas import Health, Readiness
 from .store import StoreUnavailable
 from .vault import TokenVault
@@ -69,9 +72,9 @@ class Reused:
 
     def __call__(self) -> Any:
         with self.lock:
-            if monotonic() >= self.fresh_until:
+            if time.monotonic() >= self.fresh_until:
                 self.value = self.compute()
-                self.fresh_until = monotonic() + self.seconds
+                self.fresh_until = time.monotonic() + self.seconds
             return self.value
 
 
@@ -83,9 +86,9 @@ class RotationReminder:
         self.last = float("-inf")
 
     def __call__(self, key_id: str, encryptions: int, rotate_key_after: int) -> None:
-        if monotonic() - self.last < ROTATE_WARNING_SECONDS:
+        if time.monotonic() - self.last < ROTATE_WARNING_SECONDS:
             return
-        self.last = monotonic()
+        self.last = time.monotonic()
         log.warning(
             "the encrypting key has sealed more tokens than SESSIONSVC_ROTATE_KEY_AFTER: add a new key "
             "and rotate (README, Encryption keys)",
@@ -153,6 +156,15 @@ def readyz():
     if status == 200:
         return body
     return body, status, {"Retry-After": str(current_app.config["SESSIONSVC"].retry_after_seconds)}
+
+
+@docs.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI document flask-smorest built (what `flask openapi write` writes), its
+    example times dated to now, so that the examples "Try it out" sends are accepted."""
+    api = current_app.extensions["flask-smorest"]["apis"][""]["ext_obj"]
+    document = dated_examples(api.spec.to_dict(), time.time(), current_app.config["SESSIONSVC"].max_ttl_seconds)
+    return current_app.response_class(json.dumps(document, indent=2), mimetype=MIMETYPE)
 
 
 @docs.get("/docs")

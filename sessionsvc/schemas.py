@@ -48,6 +48,7 @@ class Timestamp(fields.Field):
 
     def __init__(self, **kwargs: Any):
         metadata = kwargs.pop("metadata", {})
+        # The contract's time; the served document dates it to the present (apidoc.dated_examples).
         metadata.setdefault("example", "2026-03-26T11:00:00Z")
         super().__init__(metadata={"type": "string", "format": "date-time", **metadata}, **kwargs)
 
@@ -135,7 +136,7 @@ class IdempotencyHeader(Schema):
             "characters. Repeating the POST with the same key and body within the idempotency window "
             "answers the original 201 again (with `Idempotent-Replayed: true`) and creates nothing; the "
             "same key with a different body is a 422.",
-            "example": "4f9b6c1e-8d2a-4c1e-9f1b-2a7d3c5e6f70",
+            # No example: Swagger UI's "Try it out" would send it, one key for every reader.
         },
     )
 
@@ -152,7 +153,10 @@ class EntityTags(fields.Field):
         tags = parse_etags(value)
         if tags.star_tag:
             return None
-        return tuple(sorted(int(tag) for tag in tags.as_set() if tag.isascii() and tag.isdigit() and len(tag) <= 18))
+        # werkzeug gives an empty tag ("") as None: it names no version either.
+        return tuple(
+            sorted(int(tag) for tag in tags.as_set() if tag and tag.isascii() and tag.isdigit() and len(tag) <= 18)
+        )
 
 
 class IfMatchHeader(Schema):
@@ -167,8 +171,8 @@ class IfMatchHeader(Schema):
             "type": "string",
             "description": "The `ETag` of the version the change is based on (from GET, POST or PUT). "
             "When the record has been saved since, the PUT is refused 412 and changes nothing. "
-            "Optional: without it the PUT applies to whatever version is held.",
-            "example": '"42"',
+            "Optional: without it the PUT applies to whatever version is held. For example `\"42\"`.",
+            # No example field: Swagger UI's "Try it out" would send it, and be refused 412.
         },
     )
 

@@ -91,3 +91,20 @@ def test_swagger_ui_lists_the_operations_and_try_it_out_saves_then_reads_a_token
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "swagger-ui.png"), full_page=True)
     assert page.problems == [], "the page logged errors (a Content-Security-Policy violation?)"
+
+
+def test_try_it_out_with_the_documents_own_examples_creates_then_refreshes_a_token(service, page):
+    """The request bodies Swagger UI fills in are the document's examples; sent unchanged
+    they must be accepted (their expiry is dated when the document is served)."""
+    page.goto(service.base + "/docs")
+    page.wait_for_selector(".opblock")
+
+    status, created = try_it_out(page, "createToken", lambda operation: None)
+    assert status == "201", created
+
+    status, refreshed = try_it_out(
+        page, "refreshToken", lambda op: op.locator('input[placeholder="record_id"]').fill(created["id"])
+    )
+    assert status == "200", refreshed
+    assert refreshed["id"] == created["id"] and refreshed["expires_at"] > created["expires_at"]
+    assert page.problems == []

@@ -3,11 +3,13 @@ headers, log formatting. Each app test runs on fakeredis and on the private redi
 
 from __future__ import annotations
 
+import calendar
 import io
 import json
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
 import fakeredis
@@ -17,8 +19,10 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from conftest import API, TEST_KEYS
 from redis_server import free_port
 from sessionsvc import create_app, metrics, ops
+from sessionsvc.apidoc import dated_examples
 from sessionsvc.config import Config
 from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable
+from sessionsvc.store import parse_id
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_ERRORS = {"401", "429", "503"}
@@ -137,16 +141,40 @@ def test_records_per_key_id_is_scaled_from_a_sample_when_the_store_is_large(vaul
 
 
 @pytest.fixture
-def document() -> dict:
-    app = create_app(Config(encryption_keys=TEST_KEYS), redis_client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    return app.test_client().get("/openapi.json").json
+def document_app():
+    redis_client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return create_app(Config(encryption_keys=TEST_KEYS), redis_client=redis_client)
 
 
-def test_served_openapi_document_matches_the_committed_openapi_json(document):
+@pytest.fixture
+def document(document_app) -> dict:
+    return document_app.test_client().get("/openapi.json").json
+
+
+def test_served_openapi_document_matches_the_committed_openapi_json(document_app):
+    """The committed file is the document as of the contract's examples; served, its
+    example times are dated to the moment of serving (`dated_examples`), here either
+    side of a minute that may turn during the request."""
     committed = json.loads((ROOT / "openapi.json").read_text())
-    assert document == committed, (
-        "openapi.json is stale: regenerate it with `flask --app wsgi openapi write openapi.json` and review the diff"
-    )
+    max_ttl = document_app.config["SESSIONSVC"].max_ttl_seconds
+    before = time.time()
+    served = document_app.test_client().get("/openapi.json").json
+    after = time.time()
+    expected = dated_examples(committed, before, max_ttl)
+    if served != expected:
+        expected = dated_examples(committed, after, max_ttl)
+    assert served == expected, "openapi.json is stale: regenerate it with `make openapi` and review the diff"
+
+
+def test_example_times_are_dated_to_the_minute_of_serving_and_within_the_longest_expiry():
+    story = {"saved_at": "2026-03-26T08:00:00Z", "expires_at": "2026-03-26T11:00:00Z", "note": "2026-03-26"}
+    written_at = calendar.timegm((2026, 3, 26, 9, 20, 0))
+    assert dated_examples(story, written_at + 59, 2_592_000) == story
+    later = written_at + 86400 * 400 + 3600 + 61
+    assert dated_examples(story, later, 2_592_000) == {
+        "saved_at": "2027-04-30T09:01:00Z", "expires_at": "2027-04-30T12:01:00Z", "note": "2026-03-26",
+    }
+    assert dated_examples(story, later, 3600)["expires_at"] == "2027-04-30T11:21:00Z"
 
 
 def test_every_operation_is_fit_for_code_generators(document):
@@ -180,7 +208,69 @@ def test_every_operation_is_fit_for_code_generators(document):
     assert "Link" in by_id["listTokens"]["responses"]["200"]["headers"]
 
 
-def test_contract_examples_are_in_the_document(document):
+def test_every_query_and_path_string_states_the_lengths_the_server_accepts(document):
+    """A client generated from the document then never builds a request the server (or
+    gunicorn's request-line limit) refuses for its length."""
+    parameters = [
+        (path, parameter)
+        for path, item in document["paths"].items()
+        for holder in (item, *(operation for operation in item.values() if isinstance(operation, dict)))
+        for parameter in holder.get("parameters", [])
+        if parameter["in"] in ("query", "path") and parameter["schema"].get("type") == "string"
+    ]
+    assert {parameter["name"] for _, parameter in parameters} == {"user_id", "record_id"}
+    for path, parameter in parameters:
+        assert "maxLength" in parameter["schema"], (path, parameter["name"])
+    user_id = next(parameter["schema"] for _, parameter in parameters if parameter["name"] == "user_id")
+    assert (user_id["minLength"], user_id["maxLength"]) == (1, 128)
+    record_id = next(parameter["schema"] for _, parameter in parameters if parameter["name"] == "record_id")
+    shortest, longest = "store_001", "store_" + "9" * 18
+    assert (len(shortest), len(longest)) == (record_id["minLength"], record_id["maxLength"])
+    assert parse_id(shortest) == 1 and parse_id(longest) == 10**18 - 1
+    assert parse_id("store_01") is None and parse_id(longest + "9") is None
+    assert re.fullmatch(record_id["pattern"].strip("^$"), longest) and not re.fullmatch(
+        record_id["pattern"].strip("^$"), longest + "9"
+    )
+
+
+def request_example(document: dict, path: str, method: str) -> dict:
+    return document["paths"][path][method]["requestBody"]["content"]["application/json"]["example"]
+
+
+@pytest.mark.parametrize(
+    ("max_ttl_seconds", "rule"),
+    [(2_592_000, "Must be in the future, and at most 30 days ahead."), (3600, "at most 1 hour ahead.")],
+)
+def test_the_served_request_examples_are_accepted_unchanged(make_app, max_ttl_seconds, rule):
+    """What Swagger UI's "Try it out" sends unless the reader edits it."""
+    client = make_app(max_ttl_seconds=max_ttl_seconds).test_client()
+    served = client.get("/openapi.json").json
+    created = client.post(API, json=request_example(served, API, "post"))
+    assert created.status_code == 201, created.json
+    refreshed = client.put(f"{API}/{created.json['id']}", json=request_example(served, API + "/{record_id}", "put"))
+    assert refreshed.status_code == 200, refreshed.json
+    for name in ("TokenCreate", "TokenRefresh"):
+        assert served["components"]["schemas"][name]["properties"]["expires_at"]["description"].endswith(rule)
+
+
+def test_no_optional_header_has_an_example_try_it_out_would_send(document):
+    """Swagger UI fills a parameter in from its example, and "Try it out" sends it: an
+    example If-Match is refused 412, an example Idempotency-Key is one key for every reader."""
+    headers = [
+        parameter
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "header"
+    ]
+    assert {parameter["name"] for parameter in headers} == {"Idempotency-Key", "If-Match"}
+    assert not [parameter for parameter in headers if "example" in parameter or "example" in parameter["schema"]]
+
+
+def test_contract_examples_are_in_the_committed_document():
+    """As of the contract's moment, which the served document is dated from."""
+    document = json.loads((ROOT / "openapi.json").read_text())
     post = document["paths"][API]["post"]
     assert post["requestBody"]["content"]["application/json"]["example"] == {
         "user_id": "usr_9a2f31",
