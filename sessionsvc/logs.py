@@ -161,6 +161,21 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
+class RefusedRequestText(logging.Filter):
+    """gunicorn's warning about a request it refuses itself quotes the request line or a
+    header ("Invalid request from ip=...: Invalid HTTP Version 'GET /?token=...'"), which
+    may hold a token: the line keeps the address and drops the quote."""
+
+    PREFIX = "Invalid request from ip="
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            address = message[len(self.PREFIX):].partition(": ")[0]
+            record.msg, record.args = f"{self.PREFIX}{address}: refused by gunicorn (request text not logged)", None
+        return True
+
+
 def logging_config(config: Config) -> dict[str, Any]:
     """A `logging.config.dictConfig` for the app's and gunicorn's loggers."""
     human = human_readable(config)
@@ -170,7 +185,10 @@ def logging_config(config: Config) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_context": {"()": "sessionsvc.logs.RequestContext"}},
+        "filters": {
+            "request_context": {"()": "sessionsvc.logs.RequestContext"},
+            "refused_request_text": {"()": "sessionsvc.logs.RefusedRequestText"},
+        },
         "formatters": {"app": {"()": app_formatter}, "access": {"()": access_formatter}},
         "handlers": {
             "app": {
@@ -183,7 +201,9 @@ def logging_config(config: Config) -> dict[str, Any]:
         },
         "loggers": {
             "sessionsvc": {"level": level, "handlers": ["app"], "propagate": False},
-            "gunicorn.error": {"level": level, "handlers": ["app"], "propagate": False},
+            "gunicorn.error": {
+                "level": level, "handlers": ["app"], "filters": ["refused_request_text"], "propagate": False,
+            },
             "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
         },
         "root": {"level": "WARNING", "handlers": ["app"]},

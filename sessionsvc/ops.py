@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from flask import Blueprint, current_app, json, send_from_directory
@@ -72,9 +73,9 @@ class Reused:
 
     def __call__(self) -> Any:
         with self.lock:
-            if time.monotonic() >= self.fresh_until:
+            if monotonic() >= self.fresh_until:
                 self.value = self.compute()
-                self.fresh_until = time.monotonic() + self.seconds
+                self.fresh_until = monotonic() + self.seconds
             return self.value
 
 
@@ -86,9 +87,9 @@ class RotationReminder:
         self.last = float("-inf")
 
     def __call__(self, key_id: str, encryptions: int, rotate_key_after: int) -> None:
-        if time.monotonic() - self.last < ROTATE_WARNING_SECONDS:
+        if monotonic() - self.last < ROTATE_WARNING_SECONDS:
             return
-        self.last = time.monotonic()
+        self.last = monotonic()
         log.warning(
             "the encrypting key has sealed more tokens than SESSIONSVC_ROTATE_KEY_AFTER: add a new key "
             "and rotate (README, Encryption keys)",

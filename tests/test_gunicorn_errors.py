@@ -107,3 +107,16 @@ def test_a_header_over_the_limit_is_a_json_431(server):
 def test_a_request_that_is_not_http_is_a_json_400(server, request_line):
     assert_json_error(*raw_exchange(server.port, request_line), expected=(400,))
     assert server.request("GET", "/healthz")[0] == 200
+
+
+def test_no_refused_request_puts_its_text_in_the_log(server):
+    for request in (
+        f"GET /?token={CANARY} NOT-HTTP/9\r\nHost: localhost\r\n\r\n".encode(),
+        f"GET /?user_id={CANARY}{'u' * 4100} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),
+        f"GET {API} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CANARY}{'x' * 9000}\r\n\r\n".encode(),
+    ):
+        raw_exchange(server.port, request)
+    assert server.request("GET", "/healthz")[0] == 200
+    log = server.log_path.read_text()
+    assert "refused by gunicorn (request text not logged)" in log
+    assert CANARY not in log
