@@ -25,7 +25,7 @@ from .records import (
     StoreUnavailable,
     format_id,
 )
-from .scripts import CATCHING_UP
+from .scripts import NUMBER_IN_USE, CreateReply, ReadReply, RefreshReply
 
 log = logging.getLogger("sessionsvc")
 
@@ -131,16 +131,16 @@ class TokenStore(StoreMaintenance):
                 retry=idempotency is not None,
             )
         except ResponseError as error:
-            if "record number in use" not in str(error):
+            if NUMBER_IN_USE not in str(error):
                 raise
             self._ids.forget()
             raise NumberInUse(format_id(number)) from None
-        if reply[0] == -1:
+        if reply[0] == CreateReply.IDEMPOTENCY_CONFLICT:
             raise IdempotencyConflict()
-        if reply[0] == -2:
+        if reply[0] == CreateReply.ALREADY_EXPIRED:
             raise AlreadyExpired()
         record = self._held(reply[1], reply[2])
-        return record._replace(replayed=True) if reply[0] == 2 else record
+        return record._replace(replayed=True) if reply[0] == CreateReply.REPLAYED else record
 
     def _create_args(
         self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int,
@@ -191,11 +191,11 @@ class TokenStore(StoreMaintenance):
         reply = self._run(
             "refresh", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH, expected
         )
-        if reply[0] == 0:
+        if reply[0] == RefreshReply.NOT_FOUND:
             raise NotFound(format_id(number))
-        if reply[0] == -1:
+        if reply[0] == RefreshReply.PRECONDITION_FAILED:
             raise PreconditionFailed(int(reply[1]))
-        if reply[0] == -2:
+        if reply[0] == RefreshReply.ALREADY_EXPIRED:
             raise AlreadyExpired()
         return self._held(reply[1], reply[2])
 
@@ -217,9 +217,9 @@ class TokenStore(StoreMaintenance):
             flag = "2" if reveal else "0"
             reply = self._bounded_read("current", (user, 0, flag), (user, PRUNE_BATCH, flag))
         self._passed_over(user, reply[2])
-        if reply[0] == CATCHING_UP:
+        if reply[0] == ReadReply.CATCHING_UP:
             raise StoreUnavailable("catching_up")
-        if len(reply) == 3:
+        if len(reply) == 3:  # {ANSWERED, now, foreign}: none held
             return None
         return self._held(reply[1], reply[3], reply[4] if len(reply) > 4 else None)
 
@@ -230,7 +230,7 @@ class TokenStore(StoreMaintenance):
         else:
             reply = self._bounded_read("page", (user, offset, limit, 0), (user, offset, limit, PRUNE_BATCH))
         self._passed_over(user, reply[3])
-        if reply[0] == CATCHING_UP:
+        if reply[0] == ReadReply.CATCHING_UP:
             raise StoreUnavailable("catching_up")
         now_ms = reply[1]
         return int(reply[2]), [self._held(now_ms, fields) for fields in reply[4:]]
@@ -240,7 +240,7 @@ class TokenStore(StoreMaintenance):
         prune makes progress (replicas never prune, so without it they would not catch up
         until a write came along)."""
         reply = self._read(name, *replica_args)
-        if reply[0] == CATCHING_UP:
+        if reply[0] == ReadReply.CATCHING_UP:
             reply = self._run(name, *primary_args, retry=True)
         return reply
 
