@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sessionsvc.store import TokenStore, format_id, parse_id
+from sessionsvc.store import StoreUnavailable, TokenStore, format_id, parse_id
+from sessionsvc.store.ids import ID_BLOCK, IdBlocks
 
 
 def fields(expires: int) -> list:
@@ -33,3 +34,21 @@ def test_ids_are_zero_padded_to_three_digits_and_round_trip(number, text):
                                   "store_001/x", "store_99999999999999999999"])
 def test_non_canonical_ids_never_reach_redis(text):
     assert parse_id(text) is None
+
+
+def test_id_blocks_use_every_number_of_a_block_and_fetch_again_after_a_failure_or_forget():
+    outcomes: list = [StoreUnavailable("timeout"), ID_BLOCK, 2 * ID_BLOCK, 3 * ID_BLOCK]
+
+    def fetch_block(size: int) -> int:
+        assert size == ID_BLOCK
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    blocks = IdBlocks(fetch_block)
+    with pytest.raises(StoreUnavailable):
+        blocks.reserve()
+    assert [blocks.reserve() for _ in range(ID_BLOCK + 4)] == list(range(1, ID_BLOCK + 5))
+    blocks.forget()  # the rest of the second block turned out to be taken
+    assert blocks.reserve() == 2 * ID_BLOCK + 1 and outcomes == []
