@@ -199,7 +199,16 @@ class PageQuery(UserQuery):
 # so that the OpenAPI document (and a client generated from it) says so.
 
 
-class TokenSummary(Schema):
+class RecordSchema(Schema):
+    """Dumps the store's Records. They are named tuples, so each value is read as an
+    attribute: marshmallow's default reader tries `record["id"]` first, which a tuple
+    refuses with an exception, for every field of every record on a page."""
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        return getattr(obj, attr, default)
+
+
+class TokenSummary(RecordSchema):
     """A stored token as lists show it: never the token itself. Dumps a store Record."""
 
     id = fields.String(required=True, metadata={"example": "store_001"})
