@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from flask import current_app
@@ -199,16 +200,19 @@ class PageQuery(UserQuery):
 # so that the OpenAPI document (and a client generated from it) says so.
 
 
-class RecordSchema(Schema):
-    """Dumps the store's Records. They are named tuples, so each value is read as an
-    attribute: marshmallow's default reader tries `record["id"]` first, which a tuple
-    refuses with an exception, for every field of every record on a page."""
+class ObjectSchema(Schema):
+    """Dumps an object (a store Record, a vault Revealed) by reading attributes, dotted
+    paths included: marshmallow's default reader tries `record["id"]` first, which a
+    Record (a named tuple) refuses with an exception, for every field of every record."""
 
     def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
-        return getattr(obj, attr, default)
+        try:
+            return attrgetter(attr)(obj)
+        except AttributeError:
+            return default
 
 
-class TokenSummary(RecordSchema):
+class TokenSummary(ObjectSchema):
     """A stored token as lists show it: never the token itself. Dumps a store Record."""
 
     id = fields.String(required=True, metadata={"example": "store_001"})
@@ -225,7 +229,7 @@ class TokenCreated(TokenSummary):
     created_at = Timestamp(required=True, metadata={"example": "2026-03-26T09:20:00Z"})
 
 
-class TokenDetail(Schema):
+class TokenDetail(ObjectSchema):
     """A stored token with its full value. Dumps a vault Revealed (record and token)."""
 
     id = fields.String(required=True, attribute="record.id", metadata={"example": "store_001"})
@@ -236,7 +240,7 @@ class TokenDetail(Schema):
     saved_at = Timestamp(required=True, attribute="record.saved_at", metadata={"example": "2026-03-26T08:00:00Z"})
 
 
-class CurrentToken(Schema):
+class CurrentToken(ObjectSchema):
     """The most recently saved token still held. Dumps a vault Revealed."""
 
     token = fields.String(required=True, metadata={"example": EXAMPLE_TOKEN})
