@@ -68,11 +68,15 @@ def test_validity_without_a_record_dumps_the_null_expiry():
 
 
 @given(record_list=st.lists(records, max_size=5), total=st.integers(min_value=0, max_value=10**6))
-def test_page_dumps_its_records_as_summaries(record_list, total):
+def test_page_dumps_its_records_exactly_as_token_summary_does(record_list, total):
+    """The page's records are rendered by hand (schemas.Summaries, a measured bypass):
+    this fails as soon as that render and marshmallow's dump of TokenSummary differ."""
     page = {"data": record_list, "pagination": {"page": 3, "limit": 20, "total": total}}
-    expected = {"data": [summary(record) for record in record_list],
-                "pagination": {"page": 3, "limit": 20, "total": total}}
-    assert_same_in_order(TokenPage().dump(page), expected)
+    dumped = TokenPage().dump(page)
+    by_marshmallow = TokenSummary(many=True).dump(record_list)
+    assert dumped["data"] == by_marshmallow == [summary(record) for record in record_list]
+    assert [list(item) for item in dumped["data"]] == [list(item) for item in by_marshmallow]
+    assert_same_in_order(dumped["pagination"], {"page": 3, "limit": 20, "total": total})
 
 
 @given(record=records, token=st.text(min_size=1, max_size=40))
