@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint audit openapi bench bench-scale soak clean
+.PHONY: install run test test-fast lint audit openapi bench bench-scale soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The fast core (under a minute): no browser, topology, fault-injection or slow tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not browser and not topology and not faults and not slow"
 
 # Service vs its ceiling on a private redis-server (needs wrk); see docs/benchmarks.md.
 bench: $(STAMP)

@@ -132,3 +132,31 @@ def save(client):
         return response.json
 
     return do
+
+
+# --- markers ----------------------------------------------------------------------------
+# One table: which areas are slow to run and why, so a developer can run the fast core
+# (`pytest -m "not browser and not topology and not faults and not slow"`, see
+# tests/README.md) while `make test` runs everything.
+MARKED_MODULES = {
+    "browser": {"test_docs_browser"},  # headless Chromium
+    "topology": {"test_cluster", "test_sentinel", "test_scale_out"},  # clusters, Sentinels, many instances
+    "faults": {"test_faults", "test_outage", "test_store_races", "test_expiry"},  # killed servers, real seconds
+    "slow": {  # real gunicorns, fuzzing, property-based runs, benchmark smoke runs
+        "test_schemathesis", "test_model", "test_bench", "test_service", "test_gunicorn_errors",
+        "test_gunicorn_bodies", "test_deploy", "test_turns", "test_consistency", "test_cli",
+    },
+}
+
+
+def pytest_configure(config) -> None:
+    for marker, modules in MARKED_MODULES.items():
+        config.addinivalue_line("markers", f"{marker}: {', '.join(sorted(modules))}")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        for marker, modules in MARKED_MODULES.items():
+            if module in modules:
+                item.add_marker(marker)
