@@ -33,6 +33,8 @@ NO_REDIS_REASON = "no redis-server binary on this machine; real-Redis tier skipp
 redis_proc = factories.redis_proc(executable=REDIS_SERVER or "redis-server", port=None)
 
 TEST_KEYS = (generate_key("test"),)
+# The token most tests store: JWT-shaped, 59 characters (its preview shows 8 + 4 of them).
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 API = "/api/v1/session-storage"
 
 
@@ -123,7 +125,7 @@ def save(client):
     def do(user_id: str = "usr_9a2f31", token: str | None = None, expires_in: int = 3600, **extra):
         body = {
             "user_id": user_id,
-            "token": token or "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk",
+            "token": token or JWT,
             "expires_at": future(expires_in),
             **extra,
         }

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import API, future
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
+from conftest import API, JWT, future
 
 
 def exercise_every_endpoint(client) -> None:

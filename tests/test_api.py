@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from conftest import API, future, iso
+from conftest import API, JWT, future, iso
 
 SUMMARY_FIELDS = ["id", "user_id", "token_preview", "expires_at", "is_valid", "saved_at"]
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 def total(client, **query) -> int:

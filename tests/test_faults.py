@@ -16,7 +16,7 @@ from typing import Self
 import pytest
 import redis
 
-from conftest import API, NO_REDIS_REASON, REDIS_SERVER, TEST_KEYS, future
+from conftest import API, JWT, NO_REDIS_REASON, REDIS_SERVER, TEST_KEYS, future
 from invariants import index_problems
 from redis_server import LatencyProxy, RedisServer, wait_until
 from sessionsvc import create_app
@@ -25,7 +25,6 @@ from sessionsvc.config import Config
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=NO_REDIS_REASON)
 
 BOUND_SECONDS = 3.0
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 @pytest.fixture

@@ -15,14 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import API, TEST_KEYS, future, redis_url
+from redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["gthread", "gevent"])

@@ -3,10 +3,8 @@ PUT, the per-process cache of parsed query strings, and bulk loading."""
 
 from __future__ import annotations
 
-from conftest import API, future
+from conftest import API, JWT, future
 from sessionsvc.store import TokenStore
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 def evalsha_calls(raw) -> int:

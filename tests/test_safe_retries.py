@@ -7,10 +7,8 @@ import threading
 
 import pytest
 
-from conftest import API, future
+from conftest import API, JWT, future
 from sessionsvc.crypto import generate_key
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 def body(**overrides) -> dict:

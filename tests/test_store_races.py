@@ -8,10 +8,9 @@ import time
 
 import pytest
 
+from conftest import JWT
 from invariants import index_problems
 from sessionsvc.store import AlreadyExpired, NotFound
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 def redis_now(raw) -> float:
