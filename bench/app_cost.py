@@ -28,6 +28,8 @@ import timeit
 from pathlib import Path
 from typing import Any
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -43,17 +45,46 @@ CASES = {  # name: (method, path, query)
 }
 
 
-class Replayed:
-    """A registered script that asks Redis once, then answers with that reply."""
+class Replaying:
+    """A redis-py client that, once `replay()` is called, answers each script and INCRBY
+    with the first reply Redis gives it from then on (what is timed is Python alone);
+    everything else goes to Redis as it is."""
 
-    def __init__(self, script: Any):
-        self.script = script
-        self.sha = script.sha
+    def __init__(self, client: Any):
+        self.client = client
+        self.replaying = False
+        self.incrby = Replayed(client.incrby, self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def register_script(self, script: str) -> Replayed:
+        return self.wrap(self.client.register_script(script))
+
+    def wrap(self, script: Any) -> Replayed:
+        return Replayed(script, self)
+
+    def replay(self) -> None:
+        self.replaying = True
+
+
+class Replayed:
+    """A script (or command) that asks Redis until its client replays, then once more,
+    and from then on answers with that reply."""
+
+    def __init__(self, command: Any, source: Replaying):
+        self.command = command
+        self.source = source
+        self.sha = getattr(command, "sha", None)
+        self.script = getattr(command, "script", None)
         self.reply: Any = None
 
-    def __call__(self, keys: Any = (), args: Any = (), client: Any = None) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.reply is None:
-            self.reply = self.script(keys=keys, args=args)
+            reply = self.command(*args, **kwargs)
+            if not self.source.replaying:
+                return reply
+            self.reply = reply
         return self.reply
 
 
@@ -77,46 +108,47 @@ def call(app: Any, env: dict) -> str:
     return statuses[0]
 
 
-def build_apps(url: str, log_path: Path) -> tuple[Any, Any]:
-    """The service as `make run` builds it (INFO logs, JSON lines, metrics) and the baseline."""
+def build_apps(url: str, log_path: Path) -> tuple[Any, Replaying, Any, Replaying]:
+    """The service as `make run` builds it (INFO logs, JSON lines, metrics) and the
+    baseline, each with its Redis client replaying (see Replaying)."""
     from sessionsvc import create_app
     from sessionsvc.crypto import generate_key
 
+    service_redis = Replaying(redis.Redis.from_url(url))
     service = create_app({
         "SESSIONSVC_REDIS_URL": url, "SESSIONSVC_ENCRYPTION_KEYS": generate_key("bench"),
         "SESSIONSVC_ENV": "development", "SESSIONSVC_KEY_PREFIX": SERVICE_PREFIX, "SESSIONSVC_LOG_FORMAT": "json",
-    })
+    }, redis_client=service_redis)
     log_file = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
     for handler in logging.getLogger("sessionsvc").handlers:
         handler.setStream(log_file)
     os.environ.update(SESSIONSVC_REDIS_URL=url, SESSIONSVC_KEY_PREFIX=BASELINE_PREFIX)
     from bench import baseline_app
 
-    return service, baseline_app
+    baseline_redis = baseline_app.client = Replaying(baseline_app.client)
+    baseline_app.scripts = {name: baseline_redis.wrap(script) for name, script in baseline_app.scripts.items()}
+    return service, service_redis, baseline_app.app, baseline_redis
 
 
 def prepare(url: str, workdir: Path) -> tuple[dict, dict]:
-    """Both apps, with every script replaying a recorded reply; request bodies per case."""
-    service, baseline_module = build_apps(url, workdir / "app.log")
+    """Both apps, with every script and id reservation replaying a recorded reply;
+    request bodies per case."""
+    service, service_redis, baseline, baseline_redis = build_apps(url, workdir / "app.log")
     token = bench_token("cost", 800)
     expires = iso(time.time() + 86400)
     create = json.dumps({"user_id": "bench_user", "token": token, "expires_at": expires}).encode()
     refresh = json.dumps({"token": token, "expires_at": expires}).encode()
     bodies = {"post": create, "put": refresh}
-    apps = {"service": service, "baseline": baseline_module.app}
+    apps = {"service": service, "baseline": baseline}
     for app in apps.values():
         for _ in range(21):  # a full list page (limit 20)
             assert call(app, environ("POST", PREFIX, "", create)).startswith("201")
-    store = service.extensions["sessionsvc"].store
-    store._scripts = {name: Replayed(script) for name, script in store._scripts.items()}
-    baseline_module.scripts = {name: Replayed(script) for name, script in baseline_module.scripts.items()}
+    service_redis.replay()
+    baseline_redis.replay()
     for name, (method, path, query) in CASES.items():  # each records its reply
         for side, app in apps.items():
             status = call(app, environ(method, path, query, bodies.get(name, b"")))
             assert status[0] == "2", f"{side} {name}: {status}"
-    # Ids come from blocks of 16 anyway; with the create reply replayed, no id is used up.
-    store.reserve_number = lambda: 1
-    baseline_module.reserve_number = lambda: 1
     return apps, bodies
 
 

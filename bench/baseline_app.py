@@ -1,11 +1,12 @@
 """The ceiling the service is measured against: plain Flask + redis-py doing the service's
 Redis work for each request and nothing else.
 
-Same Lua scripts as the store (their text is taken from it), one script call per request,
-ids reserved in the same blocks, the same per-process owner cache in front of PUT's owner
-lookup, and the same response bodies. No validation, no encryption (the token is stored as
-it came), no error handling, no security headers, Flask's stock JSON. `bench/run.py` serves
-it under the service's own gunicorn settings: `gunicorn -c gunicorn.conf.py bench.baseline_app:app`.
+Same Lua scripts as the store, with the same keys and arguments (`bench/same_work.py`),
+one script call per request, ids reserved in the same blocks, the same per-process owner
+cache in front of PUT's owner lookup, and the same response bodies. No validation, no
+encryption (the token is stored as it came), no error handling, no security headers,
+Flask's stock JSON. `bench/run.py` serves it under the service's own gunicorn settings:
+`gunicorn -c gunicorn.conf.py bench.baseline_app:app`.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from datetime import datetime
 import redis
 from flask import Flask, jsonify, request
 
-from sessionsvc.store import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, format_id, script_source
+from bench.same_work import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, SameWork, format_id, preview
 
 PREFIX = "/api/v1/session-storage"
-ROOT = "{" + os.environ.get("SESSIONSVC_KEY_PREFIX", "sessionsvc") + "}"
-RETENTION_MS = int(os.environ.get("SESSIONSVC_RETENTION_SECONDS", "86400")) * 1000
 
-client = redis.Redis.from_url(os.environ["SESSIONSVC_REDIS_URL"], socket_timeout=1.0, max_connections=50)
-scripts = {name: client.register_script(script_source(name))
-           for name in ("create", "refresh", "get", "owner", "current", "page")}
-keys = [ROOT + ":gen", ROOT + ":slot-guard"]  # as the store declares them
+work = SameWork(
+    redis.Redis.from_url(os.environ["SESSIONSVC_REDIS_URL"], socket_timeout=1.0, max_connections=50),
+    os.environ.get("SESSIONSVC_KEY_PREFIX", "sessionsvc"),
+    int(os.environ.get("SESSIONSVC_RETENTION_SECONDS", "86400")),
+)
+client, scripts, keys, ROOT = work.client, work.scripts, work.keys, work.root
 owners: dict[int, str] = {}
 id_lock = threading.Lock()
 id_block = [0, 0]  # next number, end of block
@@ -41,14 +42,14 @@ def iso(seconds: int | bytes) -> str:
 
 
 def summary(now_ms: int, fields: list) -> dict:
-    number, user, preview, expires, saved = fields[:5]
+    number, user, token_preview, expires, saved = fields[:5]
     owners[int(number)] = user.decode()
     if len(owners) > OWNER_CACHE_SIZE:
         owners.clear()
     return {
         "id": format_id(int(number)),
         "user_id": user.decode(),
-        "token_preview": preview.decode(),
+        "token_preview": token_preview.decode(),
         "expires_at": iso(expires),
         "is_valid": int(expires) * 1000 > now_ms,
         "saved_at": iso(saved),
@@ -82,12 +83,9 @@ def page():
 def create():
     body = request.get_json()
     number = reserve_number()
-    token = body["token"]
-    preview = f"{token[:8]}...{token[-4:]}"
     expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
-    _, now_ms, fields = scripts["create"](
-        keys=keys, args=[ROOT, number, body["user_id"], token, preview, expires, RETENTION_MS, PRUNE_BATCH, "", "", 1]
-    )
+    _, now_ms, fields = scripts["create"](keys=keys, args=work.create_args(number, body["user_id"], body["token"],
+                                                                          expires))
     result = summary(now_ms, fields)
     result["created_at"] = iso(fields[5])
     return result, 201, {"Location": f"{PREFIX}/{result['id']}"}
@@ -137,10 +135,9 @@ def refresh(record_id: str):
     if user is None:
         user = scripts["owner"](keys=keys, args=[ROOT, number]).decode()
     token = body["token"]
-    preview = f"{token[:8]}...{token[-4:]}"
     expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
     reply = scripts["refresh"](
-        keys=keys, args=[ROOT, number, user, token, preview, expires, RETENTION_MS, PRUNE_BATCH, "*"]
+        keys=keys, args=[ROOT, number, user, token, preview(token), expires, work.retention_ms, PRUNE_BATCH, "*"]
     )
     result = summary(reply[1], reply[2])
     return result, 200, {"ETag": f'"{int(reply[2][6])}"'}

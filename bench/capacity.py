@@ -16,51 +16,29 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
-import shutil
-import socket
 import statistics
 import string
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import redis
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from sessionsvc.crypto import Cipher, generate_key
-from sessionsvc.store import PRUNE_BATCH, TokenStore
-from sessionsvc.vault import token_preview
+from bench.run import redis_server  # noqa: E402
+from bench.same_work import PRUNE_BATCH, SameWork  # noqa: E402
+from sessionsvc import create_app  # noqa: E402
+from sessionsvc.config import Config  # noqa: E402
+from sessionsvc.crypto import generate_key  # noqa: E402
+from sessionsvc.vault import TokenVault  # noqa: E402
 
 TOKEN_LENGTH = 800
 BATCH = 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_redis(directory: str) -> tuple[subprocess.Popen, redis.Redis]:
-    port = free_port()
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", directory],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return process, client
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+PREFIX = "bench"
 
 
 def jwt_like(rng: random.Random) -> str:
@@ -74,69 +52,56 @@ def redis_cpu(client: redis.Redis) -> float:
     return info["used_cpu_user"] + info["used_cpu_sys"]
 
 
-def fill(store: TokenStore, cipher: Cipher, records: int, users: int) -> dict[str, float]:
+def fill(vault: TokenVault, client: redis.Redis, records: int, users: int) -> dict[str, float]:
+    """`records` records saved as the service saves them (its vault's bulk load: sealed,
+    pipelined); Redis's memory and CPU for them."""
     rng = random.Random(7)
     expires = int(time.time()) + 30 * 86400
-    before = store.client.info("memory")["used_memory"]
-    cpu_before, started = redis_cpu(store.client), time.perf_counter()
-    sha = store._scripts["create"].sha
-    keys = store._keys
-    numbers = iter(range(1, records + 1))
-    for _ in range(0, records, BATCH):
-        with store.client.pipeline(transaction=False) as pipe:
-            for _ in range(BATCH):
-                number = next(numbers, None)
-                if number is None:
-                    break
-                user = f"user{rng.randrange(users):06d}"
-                token = jwt_like(rng)
-                sealed = cipher.seal(token, f"store_{number:03d}", user)
-                pipe.evalsha(sha, len(keys), *keys, store.root, number, user, sealed, token_preview(token),
-                             expires, store.retention_ms, PRUNE_BATCH)
-            pipe.execute()
-    elapsed, cpu = time.perf_counter() - started, redis_cpu(store.client) - cpu_before
-    used = store.client.info("memory")["used_memory"] - before
+    before = client.info("memory")["used_memory"]
+    cpu_before, started = redis_cpu(client), time.perf_counter()
+    for start in range(0, records, BATCH):
+        vault.save_many([(f"user{rng.randrange(users):06d}", jwt_like(rng), expires)
+                         for _ in range(min(BATCH, records - start))])
+    elapsed, cpu = time.perf_counter() - started, redis_cpu(client) - cpu_before
+    used = client.info("memory")["used_memory"] - before
     return {"bytes_per_record": used / records, "create_ops_per_core": records / cpu,
             "create_wall_ops": records / elapsed}
 
 
-def per_core(store: TokenStore, name: str, argument_sets: list[tuple], rounds: int, batch: int = BATCH) -> float:
+def per_core(work: SameWork, name: str, argument_sets: list[tuple], rounds: int, batch: int = BATCH) -> float:
     """Operations per second of Redis CPU for one script, pipelined `batch` at a time."""
-    sha, keys = store._scripts[name].sha, store._keys
-    cpu_before = redis_cpu(store.client)
+    script, client = work.scripts[name], work.client
+    cpu_before = redis_cpu(client)
     done = 0
     for round_number in range(rounds):
-        with store.client.pipeline(transaction=False) as pipe:
+        with client.pipeline(transaction=False) as pipe:
             for index in range(batch):
                 args = argument_sets[(round_number * batch + index) % len(argument_sets)]
-                pipe.evalsha(sha, len(keys), *keys, store.root, *args)
+                script(keys=work.keys, args=[work.root, *args], client=pipe)
             pipe.execute()
         done += batch
-    return done / (redis_cpu(store.client) - cpu_before)
+    return done / (redis_cpu(client) - cpu_before)
 
 
-def sharded_global_page(client: redis.Redis, cipher: Cipher, records: int, users: int, shards: int) -> dict:
+def sharded_global_page(client: redis.Redis, records: int, users: int, shards: int) -> dict:
     """Fill `shards` stores (one slot each) with records by user hash and measure a global
-    page 1 (limit 20) read from all of them and merged, per Redis CPU-second."""
-    stores = [TokenStore(client, f"s{shards}-{index}", retention_seconds=86400) for index in range(shards)]
+    page 1 (limit 20) read from all of them and merged, per Redis CPU-second. (A page
+    reads no tokens, so they are stored unsealed.)"""
+    stores = [SameWork(client, f"s{shards}-{index}") for index in range(shards)]
     rng = random.Random(5)
     expires = int(time.time()) + 30 * 86400
-    for start in range(0, records, BATCH):
-        with client.pipeline(transaction=False) as pipe:
-            for number in range(start + 1, min(records, start + BATCH) + 1):
-                user = f"user{rng.randrange(users):06d}"
-                store = stores[shard_of(user, shards)]
-                token = jwt_like(rng)
-                pipe.evalsha(store._scripts["create"].sha, 2, *store._keys, store.root, number, user,
-                             cipher.seal(token, f"store_{number:03d}", user), token_preview(token), expires,
-                             store.retention_ms, PRUNE_BATCH)
-            pipe.execute()
+    by_shard: list[list[tuple[str, str, int]]] = [[] for _ in stores]
+    for _ in range(records):
+        user = f"user{rng.randrange(users):06d}"
+        by_shard[shard_of(user, shards)].append((user, jwt_like(rng), expires))
+    for store, entries in zip(stores, by_shard, strict=True):
+        store.load(entries, BATCH)
     rounds = 300
     cpu_before = redis_cpu(client)
     for _ in range(rounds):
         with client.pipeline(transaction=False) as pipe:
             for store in stores:
-                pipe.evalsha(store._scripts["page"].sha, 2, *store._keys, store.root, "", 0, 20, PRUNE_BATCH)
+                store.scripts["page"](keys=store.keys, args=[store.root, "", 0, 20, PRUNE_BATCH], client=pipe)
             replies = pipe.execute()
         merged = sorted((fields for reply in replies for fields in reply[4:]), key=lambda f: -int(f[6]))[:20]
         assert len(merged) == 20
@@ -175,31 +140,28 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2000)
     options = parser.parse_args()
 
-    directory = tempfile.mkdtemp(prefix="sessionsvc-capacity-")
-    process, client = start_redis(directory)
-    try:
-        cipher = Cipher((generate_key("bench"),))
-        store = TokenStore(client, "bench", retention_seconds=86400)
-        client.set("{bench}:ids", options.records)  # keep the counter past the numbers used here
-        for script in store._scripts.values():
-            client.script_load(script.script)
-        filled = fill(store, cipher, options.records, options.users)
+    with tempfile.TemporaryDirectory(prefix="sessionsvc-capacity-") as directory, \
+            redis_server(Path(directory)) as url:
+        client = redis.Redis.from_url(url)
+        config = Config(redis_url=url, encryption_keys=(generate_key("bench"),), key_prefix=PREFIX)
+        filled = fill(create_app(config).extensions["sessionsvc"], client, options.records, options.users)
+        work = SameWork(client, PREFIX)
         rng = random.Random(3)
         numbers = [(rng.randrange(1, options.records + 1),) for _ in range(1000)]
         users = [f"user{rng.randrange(options.users):06d}" for _ in range(1000)]
         figures = {
-            "get (reveal)": per_core(store, "get", [(n, "1") for (n,) in numbers], 25),
-            "current (all)": per_core(store, "current", [("", PRUNE_BATCH, "1")], 25),
-            "current (one user)": per_core(store, "current", [(u, PRUNE_BATCH, "1") for u in users], 25),
-            "validity (one user)": per_core(store, "current", [(u, PRUNE_BATCH, "0") for u in users], 25),
-            "page 1, limit 20": per_core(store, "page", [("", 0, 20, PRUNE_BATCH)], 25),
-            "page 50, limit 20": per_core(store, "page", [("", 980, 20, PRUNE_BATCH)], 25),
-            "page (one user)": per_core(store, "page", [(u, 0, 20, PRUNE_BATCH) for u in users], 25),
+            "get (reveal)": per_core(work, "get", [(n, "1") for (n,) in numbers], 25),
+            "current (all)": per_core(work, "current", [("", PRUNE_BATCH, "1")], 25),
+            "current (one user)": per_core(work, "current", [(u, PRUNE_BATCH, "1") for u in users], 25),
+            "validity (one user)": per_core(work, "current", [(u, PRUNE_BATCH, "0") for u in users], 25),
+            "page 1, limit 20": per_core(work, "page", [("", 0, 20, PRUNE_BATCH)], 25),
+            "page 50, limit 20": per_core(work, "page", [("", 980, 20, PRUNE_BATCH)], 25),
+            "page (one user)": per_core(work, "page", [(u, 0, 20, PRUNE_BATCH) for u in users], 25),
             "validity (one user), one round-trip each": per_core(
-                store, "current", [(u, PRUNE_BATCH, "0") for u in users], 5000, batch=1
+                work, "current", [(u, PRUNE_BATCH, "0") for u in users], 5000, batch=1
             ),
         }
-        sharded = [sharded_global_page(client, cipher, options.records, options.users, shards) for shards in (16, 64)]
+        sharded = [sharded_global_page(client, options.records, options.users, shards) for shards in (16, 64)]
         print(f"redis {client.info('server')['redis_version']}, {options.records} records, "
               f"{options.users} users, tokens of {TOKEN_LENGTH} characters")
         print(f"memory: {filled['bytes_per_record']:.0f} bytes per record "
@@ -216,10 +178,7 @@ def main() -> None:
             print("  S={shards:<5} M={masters:<3} busiest shard {shard_max_over_mean:.2f}x mean, "
                   "busiest master {master_max_over_mean:.2f}x mean, global page 1 reads "
                   "{page1_entries_read:,} entries, page 50 reads {page50_entries_read:,}".format(**row))
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+        client.close()
 
 
 if __name__ == "__main__":

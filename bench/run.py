@@ -45,9 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from sessionsvc.crypto import Cipher, generate_key  # noqa: E402
-from sessionsvc.store import TokenStore  # noqa: E402
-from sessionsvc.vault import TokenVault, token_preview  # noqa: E402
+from bench.same_work import SameWork  # noqa: E402
+from sessionsvc import create_app  # noqa: E402
+from sessionsvc.config import Config  # noqa: E402
+from sessionsvc.crypto import generate_key  # noqa: E402
 
 PREFIX = "/api/v1/session-storage"
 RESULTS = ROOT / "bench" / "results"
@@ -208,28 +209,22 @@ def seed(
     tag: str = "seed",
     chunk: int = 10_000,
 ) -> None:
-    """Bulk-load `count` records through the store's own create script (pipelined).
-    With a key the tokens are sealed as the service seals them (vault.save_many); without
-    one they are stored as they are, as the baseline stores them."""
+    """Bulk-load `count` records (pipelined). With a key, into the service's store as the
+    service saves them: its own vault (`create_app`), tokens sealed; without one, into the
+    baseline's as the baseline stores them (`bench/same_work.py`), tokens as they are."""
     expires_at = expires_at or int(time.time()) + 86400
-    client = redis.Redis.from_url(url)
-    store = TokenStore(client, key_prefix, retention_seconds)
-    vault = TokenVault(store, Cipher([key])) if key else None
+    if key:
+        config = Config(redis_url=url, encryption_keys=(key,), key_prefix=key_prefix,
+                        retention_seconds=retention_seconds)
+        load = create_app(config).extensions["sessionsvc"].save_many
+    else:
+        load = SameWork(redis.Redis.from_url(url), key_prefix, retention_seconds).load
     done = 0
     while done < count:
         size = min(chunk, count - done)
-        entries = [(f"bench_u{(done + index) % users}", bench_token(f"{tag}-{done + index}", token_chars), expires_at)
-                   for index in range(size)]
-        if vault is not None:
-            vault.save_many(entries)
-        else:
-            numbers = store.reserve_numbers(size)
-            store.create_many(
-                (number, user, token.encode(), token_preview(token), expires)
-                for number, (user, token, expires) in zip(numbers, entries, strict=True)
-            )
+        load([(f"bench_u{(done + index) % users}", bench_token(f"{tag}-{done + index}", token_chars), expires_at)
+              for index in range(size)])
         done += size
-    client.close()
 
 
 # --- load drivers --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 
 from conftest import API, future, iso
 from invariants import check_store
-from sessionsvc import store as store_module
+from sessionsvc.store import operations as store_operations
 
 
 def wait_until(epoch: float) -> None:
@@ -43,7 +43,7 @@ def test_a_record_goes_valid_then_invalid_but_refreshable_then_gone(make_app):
 
 
 def test_counts_stay_exact_while_a_burst_of_expiries_outruns_pruning(make_app, raw, monkeypatch):
-    monkeypatch.setattr(store_module, "PRUNE_BATCH", 1)
+    monkeypatch.setattr(store_operations, "PRUNE_BATCH", 1)
     client = make_app(retention_seconds=0).test_client()
     body = {"user_id": "alice", "token": "survivor-token-0000000", "expires_at": future(600)}
     survivor = client.post(API, json=body).json

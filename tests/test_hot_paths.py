@@ -57,8 +57,8 @@ def test_bulk_loaded_records_read_back_like_saved_ones(client, vault):
 
 
 def test_owner_cache_is_bounded(vault, monkeypatch):
-    monkeypatch.setattr("sessionsvc.store.OWNER_CACHE_SIZE", 3)
+    monkeypatch.setattr("sessionsvc.store.ids.OWNER_CACHE_SIZE", 3)
     store: TokenStore = vault.store
     for number in range(1, 10):
-        store._remember_owner(number, "u")
+        store._owners.remember(number, "u")
     assert list(store._owners) == [7, 8, 9]

@@ -24,9 +24,9 @@ import pytest
 from conftest import API, TEST_KEYS, iso, redis_url
 from invariants import check_store
 from sessionsvc import create_app
-from sessionsvc import store as store_module
 from sessionsvc.config import Config
 from sessionsvc.store import DEAD_WINDOW, PRUNE_BATCH, WALK_BUDGET, StoreUnavailable, TokenStore, format_id, parse_id
+from sessionsvc.store import operations as store_operations
 
 ROOT = "{sessionsvc}"
 PLANTED = 10**7  # record numbers of planted dead entries: far above any real record
@@ -209,7 +209,7 @@ def test_a_replica_read_passes_over_a_foreign_entry_and_writes_nothing(make_real
 
 
 def test_pages_are_exact_at_any_depth_while_dead_entries_wait_for_pruning(make_app, raw, monkeypatch):
-    monkeypatch.setattr(store_module, "PRUNE_BATCH", 1)  # the dead entries stay through every request
+    monkeypatch.setattr(store_operations, "PRUNE_BATCH", 1)  # the dead entries stay through every request
     app = make_app()
     client = app.test_client()
     users = ["alice", "bob", "carol"]
@@ -232,7 +232,7 @@ def test_pages_are_exact_at_any_depth_while_dead_entries_wait_for_pruning(make_a
 
 
 def test_pages_stay_exact_while_records_redis_expired_wait_for_pruning(make_app, raw, monkeypatch):
-    monkeypatch.setattr(store_module, "PRUNE_BATCH", 1)
+    monkeypatch.setattr(store_operations, "PRUNE_BATCH", 1)
     app = make_app(retention_seconds=0)
     client = app.test_client()
     expires = int(time.time()) + 2
@@ -258,7 +258,7 @@ def test_pages_stay_exact_while_records_redis_expired_wait_for_pruning(make_app,
 
 
 def test_a_deep_or_far_page_reads_only_its_own_entries_however_large_the_store(make_real_app, real_redis, monkeypatch):
-    monkeypatch.setattr(store_module, "PRUNE_BATCH", 1)
+    monkeypatch.setattr(store_operations, "PRUNE_BATCH", 1)
     app = make_real_app()
     client = app.test_client()
     ids = save_many(app, [(f"user{index % 4}", token(index), far_future()) for index in range(3000)])

@@ -1,4 +1,4 @@
-"""The store's Lua scripts, registered once per client by ``TokenStore``.
+"""The store's Lua scripts, registered once per client by ``runner.ScriptRunner``.
 
 Each script is the shared prelude (key names, Redis time, pruning, reclaiming, loading a
 record) followed by one operation's body; the comment above each body names its ARGV and
@@ -8,14 +8,40 @@ its reply. The key layout they work on is documented in ``sessionsvc.store``.
 from __future__ import annotations
 
 # Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot), KEYS[2] =
-# {P}:slot-guard (never written; see TokenStore) and ARGV[1] = {P}; the other keys share
+# {P}:slot-guard (never written; see ScriptRunner) and ARGV[1] = {P}; the other keys share
 # the hash tag and are built from it.
 
-# First element of the reply of the bounded reads (current, page). CATCHING_UP: the answer
-# lies past more dead index entries than a read may pass over; each call's prune brings
-# the store closer, so a retry converges.
-ANSWERED = 1
-CATCHING_UP = 0
+# The codes a script's reply starts with, defined here once: the prelude declares each
+# group as a Lua table of the same name, so both sides write `CreateReply.REPLAYED`.
+# Plain classes, not IntEnums: Python compares them on every reply, and an enum
+# member's lookup goes through a descriptor.
+
+
+class ReadReply:
+    """current and page. CATCHING_UP: the answer lies past more dead index entries than
+    a read may pass over; each call's prune brings the store closer, so a retry converges."""
+
+    ANSWERED = 1
+    CATCHING_UP = 0
+
+
+class CreateReply:
+    CREATED = 1
+    REPLAYED = 2  # the idempotency key's earlier record, answered again
+    IDEMPOTENCY_CONFLICT = -1  # the key was used for another request
+    ALREADY_EXPIRED = -2  # dead by Redis's clock before it is stored
+
+
+class RefreshReply:
+    REFRESHED = 1
+    NOT_FOUND = 0
+    PRECONDITION_FAILED = -1  # followed by the record's version
+    ALREADY_EXPIRED = -2
+
+
+# The error create answers when its reserved number already holds a record.
+NUMBER_IN_USE = "record number in use"
+
 # Dead index entries (records past retention, not yet pruned) a read locates exactly: up to
 # this many, pages and totals are exact at any depth.
 DEAD_WINDOW = 256
@@ -23,8 +49,17 @@ DEAD_WINDOW = 256
 # and dead entries while more than DEAD_WINDOW wait.
 WALK_BUDGET = 512
 
+
+def _lua_table(codes: type) -> str:
+    fields = ", ".join(f"{name} = {value}" for name, value in vars(codes).items() if name.isupper())
+    return f"local {codes.__name__} = {{{fields}}}"
+
+
 PRELUDE = f"""
-local ANSWERED, CATCHING_UP = {ANSWERED}, {CATCHING_UP}
+{_lua_table(ReadReply)}
+{_lua_table(CreateReply)}
+{_lua_table(RefreshReply)}
+local NUMBER_IN_USE = '{NUMBER_IN_USE}'
 local DEAD_WINDOW, WALK_BUDGET = {DEAD_WINDOW}, {WALK_BUDGET}
 """ + """
 local root = ARGV[1]
@@ -179,8 +214,8 @@ end
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       idempotency key hash ('' = none), request digests (space-separated, the first is
 #       stored), idempotency window (ms)
-# -> {1, now, record} created | {2, then, record} replayed | {-1} key used for another
-#    request | {-2} already dead by Redis's clock
+# -> {CREATED, now, record} | {REPLAYED, then, record} | {IDEMPOTENCY_CONFLICT}
+#    | {ALREADY_EXPIRED} (CreateReply); error NUMBER_IN_USE
 _CREATE = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
 count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
@@ -189,13 +224,16 @@ if ARGV[9] ~= '' then
   idem_key = root .. ':idem:' .. ARGV[9]
   local held = redis.call('HMGET', idem_key, 'f', 'at', 'n', 'u', 'p', 'e', 's', 'c', 'o')
   if held[1] then
-    if not string.find(' ' .. ARGV[10] .. ' ', ' ' .. held[1] .. ' ', 1, true) then return {-1} end
-    return {2, tonumber(held[2]), {held[3], held[4], held[5], held[6], held[7], held[8], held[9], false, false}}
+    if not string.find(' ' .. ARGV[10] .. ' ', ' ' .. held[1] .. ' ', 1, true) then
+      return {CreateReply.IDEMPOTENCY_CONFLICT}
+    end
+    local record = {held[3], held[4], held[5], held[6], held[7], held[8], held[9], false, false}
+    return {CreateReply.REPLAYED, tonumber(held[2]), record}
   end
 end
 local death = expires * 1000 + tonumber(ARGV[7])
-if death <= now then return {-2} end
-if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply('record number in use') end
+if death <= now then return {CreateReply.ALREADY_EXPIRED} end
+if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply(NUMBER_IN_USE) end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
@@ -208,32 +246,32 @@ if idem_key then
 end
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {1, now, record}
+return {CreateReply.CREATED, now, record}
 """
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       expected versions ('*' = any, else space-separated; none listed never matches)
-# -> {1, now, record} | {0} not found | {-1, version} precondition failed
-#    | {-2} already dead by Redis's clock
+# -> {REFRESHED, now, record} | {NOT_FOUND} | {PRECONDITION_FAILED, version}
+#    | {ALREADY_EXPIRED} (RefreshReply)
 _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
 count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
 local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
-if not held[1] or held[2] ~= gen or held[1] ~= user then return {0} end
+if not held[1] or held[2] ~= gen or held[1] ~= user then return {RefreshReply.NOT_FOUND} end
 -- Redis expires a key only once its time is strictly past (and by the script's start
 -- time); by this store's clock a record is dead from its death on: never revive it.
 local held_death = redis.call('ZSCORE', exp_key, n .. ':' .. user)
-if not held_death or tonumber(held_death) <= now then return {0} end
+if not held_death or tonumber(held_death) <= now then return {RefreshReply.NOT_FOUND} end
 if ARGV[9] ~= '*' and not string.find(' ' .. ARGV[9] .. ' ', ' ' .. held[3] .. ' ', 1, true) then
-  return {-1, tonumber(held[3])}
+  return {RefreshReply.PRECONDITION_FAILED, tonumber(held[3])}
 end
 local death = expires * 1000 + tonumber(ARGV[7])
-if death <= now then return {-2} end
+if death <= now then return {RefreshReply.ALREADY_EXPIRED} end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {1, now, load(n, false)}
+return {RefreshReply.REFRESHED, now, load(n, false)}
 """
 
 # ARGV: root, n, reveal ('1' counts a reveal; '0' writes nothing) -> {now, record, sealed token} | {now}
@@ -255,7 +293,7 @@ return held[1]
 # ARGV: root, user ('' = all), prune batch, reveal ('1' returns the sealed token and
 # counts a reveal, '2' returns it uncounted, '0' not at all)
 # -> {ANSWERED, now, foreign, record[, sealed token]} | {ANSWERED, now, foreign} none held
-#    | {CATCHING_UP, now, foreign}; foreign: numbers of entries naming another user's record
+#    | {CATCHING_UP, now, foreign} (ReadReply); foreign: numbers of entries naming another user's record
 # With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
 _CURRENT = """
 local batch, user = tonumber(ARGV[3]), ARGV[2]
@@ -268,17 +306,17 @@ local records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET, 16, de
 heal(user, foreign, batch)
 local record = records[1]
 if not record then
-  if ended then return {ANSWERED, now, foreign} end
-  return {CATCHING_UP, now, foreign}
+  if ended then return {ReadReply.ANSWERED, now, foreign} end
+  return {ReadReply.CATCHING_UP, now, foreign}
 end
 local n = record[1]
-if ARGV[4] == '0' then return {ANSWERED, now, foreign, record} end
+if ARGV[4] == '0' then return {ReadReply.ANSWERED, now, foreign, record} end
 if ARGV[4] == '1' then count_reveal(n, record) end
-return {ANSWERED, now, foreign, record, redis.call('HGET', rec_key(n), 't')}
+return {ReadReply.ANSWERED, now, foreign, record, redis.call('HGET', rec_key(n), 't')}
 """
 
 # ARGV: root, user ('' = all), offset, limit, prune batch
-# -> {ANSWERED, now, total, foreign, record...} | {CATCHING_UP, now, 0, foreign}
+# -> {ANSWERED, now, total, foreign, record...} | {CATCHING_UP, now, 0, foreign} (ReadReply)
 #    foreign: numbers of entries naming another user's record (passed over)
 # With prune batch 0 it writes nothing (so it runs on replicas).
 _PAGE = """
@@ -294,7 +332,7 @@ if dead <= DEAD_WINDOW then
   local ranks = {}
   if dead > 0 then ranks = dead_ranks(index, user) end
   total = size - #ranks
-  if offset >= total then return {ANSWERED, now, total, foreign} end
+  if offset >= total then return {ReadReply.ANSWERED, now, total, foreign} end
   local first, last = offset, offset + limit - 1
   for _, rank in ipairs(ranks) do
     if rank <= first then
@@ -310,7 +348,7 @@ elseif user == '' then
   -- A burst of expiries outran pruning: the total is still exact; the page is found by
   -- walking from the top, within the budget.
   total = size - dead
-  if offset >= total then return {ANSWERED, now, total, foreign} end
+  if offset >= total then return {ReadReply.ANSWERED, now, total, foreign} end
   skip, want = offset, offset + limit
   if want <= WALK_BUDGET or size <= WALK_BUDGET then
     records, ended = walk(index, user, 0, want, WALK_BUDGET, want, true, foreign)
@@ -322,8 +360,8 @@ elseif size <= WALK_BUDGET then
   total = #records
 end
 heal(user, foreign, batch)
-if #records < want and not ended then return {CATCHING_UP, now, 0, foreign} end
-local reply = {ANSWERED, now, total, foreign}
+if #records < want and not ended then return {ReadReply.CATCHING_UP, now, 0, foreign} end
+local reply = {ReadReply.ANSWERED, now, total, foreign}
 for i = skip + 1, math.min(#records, skip + limit) do reply[#reply + 1] = records[i] end
 return reply
 """
