@@ -11,6 +11,9 @@ import time
 from typing import Any
 
 from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin, resolver
+from apispec.ext.marshmallow.common import resolve_schema_cls
+from flask_smorest.pagination import PaginationMetadataSchema
 
 from .schemas import EXAMPLE_TOKEN, TokenCreate, TokenRefresh, format_timestamp
 
@@ -92,6 +95,21 @@ LINK_HEADER = {
         '</api/v1/session-storage?page=1&limit=20>; rel="last"',
     }
 }
+
+
+def component_name(schema: Any) -> str | None:
+    """apispec's name for a schema's component, except flask-smorest's pagination metadata
+    (for its `paginate`, unused here: the listing pages in the body). None keeps it out
+    of the components, inline in the header flask-smorest registers for it, which no
+    operation references and so is never served."""
+    if resolve_schema_cls(schema) is PaginationMetadataSchema:
+        return None
+    return resolver(schema)
+
+
+def marshmallow_plugin() -> MarshmallowPlugin:
+    """apispec's marshmallow plugin, naming components by `component_name`."""
+    return MarshmallowPlugin(schema_name_resolver=component_name)
 
 
 # How a record id is documented: what ids look like (any other segment is simply a 404).

@@ -40,13 +40,12 @@ def register(app: Flask) -> None:
     @app.cli.command("rotate-keys")
     def rotate_keys_command() -> None:
         """Re-encrypt every stored record under the first configured key."""
-        vault = _vault()
         try:
-            report = vault.rotate_keys()
+            report = _vault().rotate_keys()
         except StoreUnavailable as error:
             raise _unavailable(error, "nothing changed") from None
-        click.echo(f"encrypting key: {vault.cipher.current_key_id}")
-        for key_id in sorted(set(report.before) | set(report.after) | set(vault.cipher.key_ids)):
+        click.echo(f"encrypting key: {report.key_id}")
+        for key_id in sorted(set(report.before) | set(report.after) | set(report.key_ids)):
             before, after = report.before.get(key_id, 0), report.after.get(key_id, 0)
             click.echo(f"  {key_id}: {before} records before, {after} after")
         click.echo(f"re-encrypted {report.resealed} records")
@@ -55,7 +54,7 @@ def register(app: Flask) -> None:
                 f"{len(report.unreadable)} records do not decrypt with any configured key and were left "
                 f"as they are: {', '.join(report.unreadable)}"
             )
-        leftover = sum(count for key_id, count in report.after.items() if key_id != vault.cipher.current_key_id)
+        leftover = sum(count for key_id, count in report.after.items() if key_id != report.key_id)
         leftover -= len(report.unreadable)
         if leftover > 0:
             raise click.ClickException(f"{leftover} records are still under older keys; run again")
@@ -95,10 +94,10 @@ def register(app: Flask) -> None:
     def check_index_command(repair: bool) -> None:
         """Find index entries without a record, records missing from an index, and records
         without a TTL (exit status 1 when any is found and not repaired)."""
-        store = _vault().store
+        vault = _vault()
         try:
-            report = store.check_index(repair=repair)
-            remaining = store.check_index() if repair else report
+            report = vault.check_index(repair=repair)
+            remaining = vault.check_index() if repair else report
         except StoreUnavailable as error:
             raise _unavailable(error, "check incomplete") from None
         click.echo(f"expired entries pruned (routine): {report.pruned}")

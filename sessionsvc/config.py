@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
@@ -178,9 +178,6 @@ class Config:
             parse = setting.metadata.get("parse")
             values[setting.name] = parse(raw, name) if parse else raw.strip()
         return cls(**values)
-
-    def with_overrides(self, **overrides: object) -> Config:
-        return replace(self, **overrides)
 
     def check(self) -> None:
         """Raise ConfigError naming the first unsafe or invalid setting."""

@@ -23,7 +23,6 @@ from .logs import REQUEST_ID_ENVIRON_KEY
 from .metrics import METRICS_PATH
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json")  # never authenticated
 # What Swagger UI needs, no more (checked in a browser by tests/test_docs_browser.py): its
 # own script, stylesheet and API calls, and data: images (the icons in its stylesheet).
 DOCS_CSP = (
@@ -84,7 +83,7 @@ class ResponseHeaders:
     (replacing any the app set under the same names).
 
     At the WSGI layer rather than in Flask hooks: the same few tuples for every response
-    cost a fraction there of what werkzeug's header objects cost (docs/benchmarks.md).
+    are appended as they are, without werkzeug's header objects.
     The id is ``environ[REQUEST_ID_ENVIRON_KEY]`` (``sessionsvc.logs.request_id()`` in the app).
     """
 

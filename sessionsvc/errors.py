@@ -11,10 +11,13 @@ from typing import Any
 
 from flask import Flask, current_app
 from flask_smorest import Api
+from flask_smorest.error_handler import ErrorSchema as SmorestErrorSchema
 from flask_smorest.utils import prepare_response
+from marshmallow import fields
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
+from .apidoc import marshmallow_plugin
 from .crypto import DecryptionError
 from .store import (
     AlreadyExpired,
@@ -50,13 +53,13 @@ def without_unshowable_names(errors: Any) -> Any:
     if not isinstance(errors, dict):
         return errors
     cleaned: dict = {}
-    for location, fields in errors.items():
-        if location != "json" or not isinstance(fields, dict):
-            cleaned[location] = fields
+    for location, by_field in errors.items():
+        if location != "json" or not isinstance(by_field, dict):
+            cleaned[location] = by_field
             continue
-        shown = {name: messages for name, messages in fields.items() if SHOWN_FIELD_NAME.match(str(name))}
-        if len(shown) < len(fields):
-            hidden = len(fields) - len(shown)
+        shown = {name: messages for name, messages in by_field.items() if SHOWN_FIELD_NAME.match(str(name))}
+        if len(shown) < len(by_field):
+            hidden = len(by_field) - len(shown)
             shown[HIDDEN_FIELDS] = [f"{hidden} unknown field(s); their names are not shown."]
         cleaned[location] = shown
     return cleaned
@@ -89,12 +92,23 @@ def error_body(code: int, message: str, errors: Any = None) -> dict:
     return body
 
 
+class ErrorSchema(SmorestErrorSchema):
+    """flask-smorest's error body, as this service answers it: `code`, `status` and
+    `message` always, `errors` where there are field-level messages."""
+
+    code = fields.Integer(required=True, metadata={"description": "Error code"})
+    status = fields.String(required=True, metadata={"description": "Error name"})
+    message = fields.String(required=True, metadata={"description": "Error message"})
+
+
 class ServiceApi(Api):
     """flask-smorest's Api whose error bodies always carry a message, and whose document
     has one response component per error status, with an example."""
 
+    ERROR_SCHEMA = ErrorSchema
+
     def init_app(self, app: Flask, *, spec_kwargs: dict | None = None) -> None:
-        super().init_app(app, spec_kwargs=spec_kwargs)
+        super().init_app(app, spec_kwargs={"marshmallow_plugin": marshmallow_plugin(), **(spec_kwargs or {})})
         for code, (name, message) in ERROR_RESPONSES.items():
             response: dict[str, Any] = {
                 "description": message,

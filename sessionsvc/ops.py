@@ -17,7 +17,6 @@ from swagger_ui_bundle import swagger_ui_path
 from .apidoc import dated_examples
 from .jsonprovider import MIMETYPE
 from .schemas import Health, Readiness
-from .store import StoreUnavailable
 from .vault import TokenVault
 
 log = logging.getLogger("sessionsvc")
@@ -99,26 +98,17 @@ class RotationReminder:
 
 
 def readiness(vault: TokenVault, rotate_key_after: int, remind: RotationReminder) -> tuple[dict, int]:
-    """Whether Redis answers PING within the client timeout and holds the store's
-    scripts (loading any it lost), as /readyz's body and status; and whether the
-    encrypting key has sealed more tokens than SESSIONSVC_ROTATE_KEY_AFTER (still ready,
-    but time to rotate keys)."""
-    store = vault.store
-    try:
-        store.ping()
-    except StoreUnavailable as error:
-        return {**NOT_READY_EXAMPLE, "redis": error.kind}, 503
-    try:
-        store.load_scripts()
-    except StoreUnavailable as error:
-        return {**NOT_READY_EXAMPLE, "redis": "ok", "scripts": error.kind}, 503
-    try:
-        encryptions = vault.encryptions()
-    except StoreUnavailable:
+    """/readyz's body and status: ready while Redis answers and holds the store's scripts;
+    `encryption_key: rotate` (still ready) once the encrypting key has sealed more tokens
+    than SESSIONSVC_ROTATE_KEY_AFTER."""
+    check = vault.readiness()
+    if not check.ready:
+        return {**NOT_READY_EXAMPLE, "redis": check.redis, "scripts": check.scripts}, 503
+    if check.encryptions is None:
         return {**READY_EXAMPLE, "encryption_key": "unknown"}, 200
-    if encryptions <= rotate_key_after:
+    if check.encryptions <= rotate_key_after:
         return READY_EXAMPLE, 200
-    remind(vault.cipher.current_key_id, encryptions, rotate_key_after)
+    remind(check.key_id, check.encryptions, rotate_key_after)
     return {**READY_EXAMPLE, "encryption_key": "rotate"}, 200
 
 

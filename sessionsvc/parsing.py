@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from flask import request
 from flask_smorest import abort
-from marshmallow import Schema
+from marshmallow import Schema, missing
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from .errors import MESSAGES
@@ -30,10 +30,10 @@ class QueryParser(FlaskParser):
         self._parsed: dict[tuple[int, str, bytes], dict] = {}
         self._header_names: dict[int, tuple[str, ...]] = {}
 
-    def _raw_load_json(self, req: Any) -> Any:
+    def load_json(self, req: Any, schema: Schema) -> Any:
         """A body must be JSON (415 otherwise) and within the size limit (413). Decoded by
-        orjson (strict RFC 8259: no NaN, no lone surrogates); its error is a
-        ``json.JSONDecodeError``, so webargs answers 400 as for any bad JSON."""
+        orjson (strict RFC 8259: no NaN, no lone surrogates); an empty body is missing and
+        anything else that does not decode is a 400, as webargs' own loader answers them."""
         if not is_json_request(req):
             abort(415, message=MESSAGES[415])
         if req.content_length is None:
@@ -41,7 +41,13 @@ class QueryParser(FlaskParser):
             # more makes werkzeug raise the same 413 a declared Content-Length would get.
             req.get_data(cache=True)
             req.stream.read(1)
-        return orjson.loads(req.get_data(cache=True))
+        body = req.get_data(cache=True)
+        if not body:
+            return missing
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            abort(400, exc=error, messages={"json": ["Invalid JSON body."]})
 
     def _cache_key(self, argmap: Schema, req: Any, location: str | None) -> bytes | None:
         if location == "query":

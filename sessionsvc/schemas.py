@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from flask import current_app
@@ -195,157 +196,109 @@ class PageQuery(UserQuery):
                            metadata={"description": "Records per page, 1 to 100."})
 
 
-class Rendered(Schema):
-    """A response schema that renders by hand. Its fields document the response (the
-    OpenAPI document is built from them); `render` produces exactly what marshmallow
-    would dump from them (tests/test_schemas.py pins the two together) at a fraction of
-    the cost: on a list page marshmallow's field machinery costs more than the Redis
-    round-trip. `obj` is what the views return: a Record or a plain dict."""
-
-    def render(self, obj: Any) -> dict:
-        raise NotImplementedError
-
-    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
-        if self.many if many is None else many:
-            return [self.render(item) for item in obj]
-        return self.render(obj)
+# Response schemas: every field they declare `required` is in every answer of that shape,
+# so that the OpenAPI document (and a client generated from it) says so.
 
 
-def _summary(record: Any) -> dict:
-    return {
-        "id": record.id,
-        "user_id": record.user_id,
-        "token_preview": record.token_preview,
-        "expires_at": format_timestamp(record.expires_at),
-        "is_valid": record.is_valid,
-        "saved_at": format_timestamp(record.saved_at),
-    }
+class ObjectSchema(Schema):
+    """Dumps an object (a store Record, a vault Revealed) by reading attributes, dotted
+    paths included: marshmallow's default reader tries `record["id"]` first, which a
+    Record (a named tuple) refuses with an exception, for every field of every record."""
+
+    def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        try:
+            return attrgetter(attr)(obj)
+        except AttributeError:
+            return default
 
 
-class TokenSummary(Rendered):
-    """A stored token as lists show it: never the token itself."""
+class TokenSummary(ObjectSchema):
+    """A stored token as lists show it: never the token itself. Dumps a store Record."""
 
-    id = fields.String(metadata={"example": "store_001"})
-    user_id = fields.String(metadata={"example": "usr_9a2f31"})
-    token_preview = fields.String(metadata={"example": "eyJhbGci...Q3Yk"})
-    expires_at = Timestamp()
-    is_valid = fields.Boolean()
-    saved_at = Timestamp(metadata={"example": "2026-03-26T08:00:00Z"})
-
-    def render(self, obj: Any) -> dict:
-        return _summary(obj)
+    id = fields.String(required=True, metadata={"example": "store_001"})
+    user_id = fields.String(required=True, metadata={"example": "usr_9a2f31"})
+    token_preview = fields.String(required=True, metadata={"example": "eyJhbGci...Q3Yk"})
+    expires_at = Timestamp(required=True)
+    is_valid = fields.Boolean(required=True)
+    saved_at = Timestamp(required=True, metadata={"example": "2026-03-26T08:00:00Z"})
 
 
 class TokenCreated(TokenSummary):
-    created_at = Timestamp(metadata={"example": "2026-03-26T09:20:00Z"})
+    """A token just stored. Dumps a store Record."""
 
-    def render(self, obj: Any) -> dict:
-        body = _summary(obj)
-        body["created_at"] = format_timestamp(obj.created_at)
-        return body
+    created_at = Timestamp(required=True, metadata={"example": "2026-03-26T09:20:00Z"})
 
 
-class TokenDetail(Rendered):
-    """A stored token with its full value."""
+class TokenDetail(ObjectSchema):
+    """A stored token with its full value. Dumps a vault Revealed (record and token)."""
 
-    id = fields.String(metadata={"example": "store_001"})
-    user_id = fields.String(metadata={"example": "usr_9a2f31"})
-    token = fields.String(metadata={"example": EXAMPLE_TOKEN})
-    expires_at = Timestamp()
-    is_valid = fields.Boolean()
-    saved_at = Timestamp(metadata={"example": "2026-03-26T08:00:00Z"})
-
-    def render(self, obj: Any) -> dict:
-        return {
-            "id": obj["id"],
-            "user_id": obj["user_id"],
-            "token": obj["token"],
-            "expires_at": format_timestamp(obj["expires_at"]),
-            "is_valid": obj["is_valid"],
-            "saved_at": format_timestamp(obj["saved_at"]),
-        }
+    id = fields.String(required=True, attribute="record.id", metadata={"example": "store_001"})
+    user_id = fields.String(required=True, attribute="record.user_id", metadata={"example": "usr_9a2f31"})
+    token = fields.String(required=True, metadata={"example": EXAMPLE_TOKEN})
+    expires_at = Timestamp(required=True, attribute="record.expires_at")
+    is_valid = fields.Boolean(required=True, attribute="record.is_valid")
+    saved_at = Timestamp(required=True, attribute="record.saved_at", metadata={"example": "2026-03-26T08:00:00Z"})
 
 
-class CurrentToken(Rendered):
-    """The most recently saved token still held."""
+class CurrentToken(ObjectSchema):
+    """The most recently saved token still held. Dumps a vault Revealed."""
 
-    token = fields.String(metadata={"example": EXAMPLE_TOKEN})
-    expires_at = Timestamp()
-    is_valid = fields.Boolean()
-
-    def render(self, obj: Any) -> dict:
-        return {"token": obj["token"], "expires_at": format_timestamp(obj["expires_at"]), "is_valid": obj["is_valid"]}
+    token = fields.String(required=True, metadata={"example": EXAMPLE_TOKEN})
+    expires_at = Timestamp(required=True, attribute="record.expires_at")
+    is_valid = fields.Boolean(required=True, attribute="record.is_valid")
 
 
-class Validity(Rendered):
-    """Whether the current token is still valid."""
+class Validity(Schema):
+    """Whether the current token is still valid. Dumps a store Record."""
 
-    is_valid = fields.Boolean()
-    expires_at = Timestamp(allow_none=True)
-    seconds_remaining = fields.Integer(metadata={"example": 3540})
-
-    def render(self, obj: Any) -> dict:
-        if isinstance(obj, dict):
-            expires = obj["expires_at"]
-            return {
-                "is_valid": obj["is_valid"],
-                "expires_at": None if expires is None else format_timestamp(expires),
-                "seconds_remaining": obj["seconds_remaining"],
-            }
-        return {
-            "is_valid": obj.is_valid,
-            "expires_at": format_timestamp(obj.expires_at),
-            "seconds_remaining": obj.seconds_remaining,
-        }
+    is_valid = fields.Boolean(required=True)
+    expires_at = Timestamp(required=True, allow_none=True)
+    seconds_remaining = fields.Integer(required=True, metadata={"example": 3540})
 
 
 class Pagination(Schema):
-    page = fields.Integer(metadata={"example": 1})
-    limit = fields.Integer(metadata={"example": 20})
-    total = fields.Integer(metadata={"example": 1})
+    page = fields.Integer(required=True, metadata={"example": 1})
+    limit = fields.Integer(required=True, metadata={"example": 20})
+    total = fields.Integer(required=True, metadata={"example": 1})
 
 
-class TokenPage(Rendered):
-    data = fields.List(fields.Nested(TokenSummary))
-    pagination = fields.Nested(Pagination)
-
-    def render(self, obj: Any) -> dict:
-        pagination = obj["pagination"]
-        return {
-            "data": [_summary(record) for record in obj["data"]],
-            "pagination": {"page": pagination["page"], "limit": pagination["limit"], "total": pagination["total"]},
-        }
+class TokenPage(Schema):
+    data = fields.List(fields.Nested(TokenSummary), required=True)
+    pagination = fields.Nested(Pagination, required=True)
 
 
 class Cleared(Schema):
-    cleared = fields.Boolean(metadata={"example": True})
-    message = fields.String(metadata={"example": "All session tokens cleared from secure storage"})
-    count = fields.Integer(metadata={"description": "How many live records were cleared.", "example": 1})
+    cleared = fields.Boolean(required=True, metadata={"example": True})
+    message = fields.String(required=True, metadata={"example": "All session tokens cleared from secure storage"})
+    count = fields.Integer(required=True, metadata={"description": "How many live records were cleared.", "example": 1})
 
 
 class Deleted(Schema):
-    deleted = fields.Boolean(metadata={"example": True})
-    id = fields.String(metadata={"example": "store_001"})
+    deleted = fields.Boolean(required=True, metadata={"example": True})
+    id = fields.String(required=True, metadata={"example": "store_001"})
 
 
 class Health(Schema):
     """The process answers."""
 
-    status = fields.String(metadata={"example": "ok"})
+    status = fields.String(required=True, metadata={"example": "ok"})
 
 
 class Readiness(Schema):
     """Whether this instance can serve: Redis answers PING and holds the store's scripts."""
 
-    status = fields.String(metadata={"description": "`ok` or `unavailable`.", "example": "ok"})
+    status = fields.String(required=True, metadata={"description": "`ok` or `unavailable`.", "example": "ok"})
     redis = fields.String(
+        required=True,
         metadata={"description": "`ok`, or the kind of failure (`connection`, `timeout`, ...).", "example": "ok"}
     )
     scripts = fields.String(
+        required=True,
         metadata={"description": "`loaded`, `unknown` (Redis did not answer) or the kind of failure.",
                   "example": "loaded"}
     )
     encryption_key = fields.String(
+        required=True,
         metadata={"description": "`ok`; `rotate` when the encrypting key has sealed more tokens than "
                   "SESSIONSVC_ROTATE_KEY_AFTER (AES-GCM's random-nonce budget: add a new key and rotate; "
                   "still ready); `unknown` when Redis did not answer.", "example": "ok"}

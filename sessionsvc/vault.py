@@ -1,6 +1,6 @@
 """The token vault: what the API asks for, in terms of the store and the cipher.
 
-Views call this and nothing below it. It seals tokens before they reach the store, opens
+Views, probes and operator commands call this and nothing below it. It seals tokens before they reach the store, opens
 them only when a full token is to be returned, and computes the clear-text preview.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .crypto import Cipher, DecryptionError
 from .store import (
     IdempotencyClaim,
+    IndexReport,
     NotFound,
     NumberInUse,
     Record,
@@ -65,10 +66,29 @@ class KeyCensus:
 
 @dataclass(frozen=True, slots=True)
 class RotationReport:
+    key_id: str  # the encrypting key, the one every record should now be under
+    key_ids: tuple[str, ...]  # every configured key
     before: dict[str, int]
     after: dict[str, int]
     resealed: int
     unreadable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessCheck:
+    """Whether this process can serve: Redis's answer to PING ("ok" or the kind of
+    failure), whether it holds the store's scripts ("loaded", the kind of failure, or
+    "unknown" when Redis did not answer), and how many tokens the encrypting key
+    `key_id` has sealed (None when Redis did not say)."""
+
+    redis: str
+    scripts: str
+    key_id: str
+    encryptions: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.redis == "ok" and self.scripts == "loaded"
 
 
 class TokenVault:
@@ -179,6 +199,28 @@ class TokenVault:
             records=census.records, pruned=census.pruned, by_key_id=by_key_id, encryptions=census.encryptions
         )
 
+    def readiness(self) -> ReadinessCheck:
+        """PING Redis within the client timeout, make sure it holds the store's scripts
+        (loading any it lost, e.g. after a restart), and read the encrypting key's count."""
+        key_id = self.cipher.current_key_id
+        try:
+            self.store.ping()
+        except StoreUnavailable as error:
+            return ReadinessCheck(redis=error.kind, scripts="unknown", key_id=key_id)
+        try:
+            self.store.load_scripts()
+        except StoreUnavailable as error:
+            return ReadinessCheck(redis="ok", scripts=error.kind, key_id=key_id)
+        try:
+            encryptions = self.encryptions()
+        except StoreUnavailable:
+            encryptions = None
+        return ReadinessCheck(redis="ok", scripts="loaded", key_id=key_id, encryptions=encryptions)
+
+    def check_index(self, repair: bool = False) -> IndexReport:
+        """The store's index checked against its records (and, with `repair`, fixed)."""
+        return self.store.check_index(repair=repair)
+
     def encryptions(self) -> int:
         """Tokens sealed so far under the encrypting key (store-wide): its nonce budget spent."""
         return self.store.encryptions(self.cipher.current_key_id)
@@ -209,5 +251,7 @@ class TokenVault:
             if pending == 0:
                 break
         return RotationReport(
+            key_id=self.cipher.current_key_id,
+            key_ids=tuple(self.cipher.key_ids),
             before=before, after=dict(self.stats().by_key_id), resealed=resealed, unreadable=tuple(sorted(unreadable))
         )

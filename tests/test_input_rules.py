@@ -171,8 +171,8 @@ def test_a_chunked_body_over_the_limit_is_413_like_any_other(client):
 
 
 def test_blueprint_arguments_hand_webargs_options_to_the_parser():
-    """ServiceBlueprint parses arguments itself (api.py); what webargs' use_args would pass
-    on to the parser (here an error status) still reaches it."""
+    """What flask-smorest's `arguments` hands on to webargs (here an error status) reaches
+    the service's parser (parsing.QueryParser) through its own `parse`."""
     from flask import Flask
     from flask_smorest import Api
     from marshmallow import Schema, fields

@@ -4,19 +4,23 @@ headers, log formatting. Each app test runs on fakeredis and on the private redi
 from __future__ import annotations
 
 import calendar
+import importlib
 import io
 import json
 import logging
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import attrs
 import fakeredis
 import pytest
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from conftest import API, TEST_KEYS
+from conftest import API, TEST_KEYS, future
 from redis_server import free_port
 from sessionsvc import create_app, metrics, ops
 from sessionsvc.apidoc import dated_examples
@@ -187,7 +191,8 @@ def test_every_operation_is_fit_for_code_generators(document):
     assert len([path for path, _, _ in operations if path.startswith(API)]) == 8
     assert len({operation["operationId"] for _, _, operation in operations}) == len(operations)
     for path, method, operation in operations:
-        assert operation["summary"]
+        # Swagger UI shows a summary as it is (only descriptions are Markdown).
+        assert operation["summary"] and not re.search(r"[`*\[\]#]", operation["summary"]), (method, path)
         success = next(code for code in operation["responses"] if code.startswith("2"))
         assert "example" in operation["responses"][success]["content"]["application/json"], (method, path)
         if path.startswith(API):
@@ -206,6 +211,91 @@ def test_every_operation_is_fit_for_code_generators(document):
     limit = parameters["limit"]
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 20)
     assert "Link" in by_id["listTokens"]["responses"]["200"]["headers"]
+
+
+def schema_references(value: object) -> set[str]:
+    """The names of the schemas `value` refers to."""
+    if isinstance(value, dict):
+        reference = value.get("$ref", "")
+        found = {reference.removeprefix("#/components/schemas/")} if reference.startswith("#/components/schemas/") \
+            else set()
+        return found.union(*(schema_references(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(schema_references(item) for item in value))
+    return set()
+
+
+def test_every_schema_in_the_document_is_used(document):
+    components = document["components"]
+    used = schema_references(document["paths"]) | schema_references(components["responses"])
+    used |= schema_references([components["schemas"][name] for name in used])
+    assert set(components["schemas"]) == used
+
+
+GENERATOR = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent)) or shutil.which(
+    "openapi-python-client"
+)
+# Response fields that are not in every answer of their shape: a client types them optional.
+OPTIONAL_RESPONSE_FIELDS = {("Error", "errors")}
+
+
+@pytest.fixture
+def generated_client(document, tmp_path, monkeypatch):
+    """The models of a Python client generated from the served document by
+    openapi-python-client, as a consumer of the API would generate them."""
+    if GENERATOR is None:
+        pytest.skip("openapi-python-client is not installed (requirements-dev.txt pins it)")
+    (tmp_path / "openapi.json").write_text(json.dumps(document))
+    (tmp_path / "config.yaml").write_text("package_name_override: sessionsvc_client\npost_hooks: []\n")
+    generated = subprocess.run(
+        [GENERATOR, "generate", "--path", str(tmp_path / "openapi.json"), "--config", str(tmp_path / "config.yaml"),
+         "--meta", "none", "--output-path", str(tmp_path / "sessionsvc_client")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield importlib.import_module("sessionsvc_client.models"), importlib.import_module("sessionsvc_client.types")
+    finally:
+        for name in [name for name in sys.modules if name.split(".")[0] == "sessionsvc_client"]:
+            del sys.modules[name]
+
+
+def test_a_generated_client_types_the_fields_always_answered_as_present(document, generated_client):
+    models, types = generated_client
+    requests = {ref.rsplit("/", 1)[1] for ref in re.findall(r'"requestBody": \{[^}]*"\$ref": "([^"]+)"',
+                                                             json.dumps(document))}
+    assert requests == {"TokenCreate", "TokenRefresh"}
+    optional = set()
+    for name, schema in document["components"]["schemas"].items():
+        if name in requests:
+            continue
+        fields = attrs.fields(getattr(models, name))
+        assert {field.name for field in fields} == set(schema["properties"]), name
+        optional |= {(name, field.name) for field in fields if field.default is types.UNSET}
+    assert optional == OPTIONAL_RESPONSE_FIELDS
+
+
+def test_a_generated_client_reads_every_kind_of_answer(app, generated_client):
+    """Its models' `from_dict` needs every field they type as present."""
+    models, _ = generated_client
+    client = app.test_client()
+    assert models.Validity.from_dict(client.get(f"{API}/validity").json).expires_at is None
+    created = client.post(API, json={"user_id": "u1", "token": "t" * 30, "expires_at": future()})
+    record_id = models.TokenCreated.from_dict(created.json).id
+    models.TokenPage.from_dict(client.get(API).json)
+    models.TokenDetail.from_dict(client.get(f"{API}/{record_id}").json)
+    models.CurrentToken.from_dict(client.get(f"{API}/current").json)
+    assert models.Validity.from_dict(client.get(f"{API}/validity").json).is_valid
+    models.TokenSummary.from_dict(client.put(f"{API}/{record_id}", json={"token": "u" * 30,
+                                                                         "expires_at": future()}).json)
+    models.Deleted.from_dict(client.delete(f"{API}/{record_id}").json)
+    models.Cleared.from_dict(client.delete(API).json)
+    assert models.Error.from_dict(client.get(f"{API}/{record_id}").json).code == 404
+    invalid = models.Error.from_dict(client.post(API, json={}).json)
+    assert invalid.code == 422 and invalid.errors is not None
+    models.Health.from_dict(client.get("/healthz").json)
+    models.Readiness.from_dict(client.get("/readyz").json)
 
 
 def test_every_query_and_path_string_states_the_lengths_the_server_accepts(document):
