@@ -165,6 +165,9 @@ from .operations import PRUNE_BATCH, TokenStore
 from .records import (
     AlreadyExpired,
     Census,
+    Event,
+    EventPage,
+    EventsTrimmed,
     IdempotencyClaim,
     IdempotencyConflict,
     IndexReport,
@@ -173,15 +176,16 @@ from .records import (
     PreconditionFailed,
     Record,
     StoreUnavailable,
+    UserLimitReached,
     format_id,
     parse_id,
 )
 from .scripts import DEAD_WINDOW, WALK_BUDGET, script_source
 
 __all__ = [
-    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "IdempotencyClaim", "IdempotencyConflict",
-    "IndexReport", "NotFound", "NumberInUse", "PreconditionFailed", "Record", "StoreUnavailable", "TokenStore",
-    "connect", "format_id", "parse_id",
+    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "Event", "EventPage", "EventsTrimmed",
+    "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PreconditionFailed",
+    "Record", "StoreUnavailable", "TokenStore", "UserLimitReached", "connect", "format_id", "parse_id",
     # The benchmark's same-work baseline (bench/) runs the store's own scripts with the
     # store's arguments: their text and the batch sizes are public for that, and only that.
     "ID_BLOCK", "OWNER_CACHE_SIZE", "PRUNE_BATCH", "script_source",
