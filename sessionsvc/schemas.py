@@ -341,6 +341,8 @@ class SessionEvent(ObjectSchema):
                                      "`cleared`."})
     count = fields.Integer(metadata={"description": "On `cleared`: how many live records were cleared.",
                                      "example": 1})
+    kept = fields.String(metadata={"description": "On `cleared` by sign-out-everywhere-else (`keep`): the one "
+                                   "record of the user that was kept.", "example": "store_001"})
 
     @post_dump
     def without_absent_fields(self, data: dict, **kwargs: Any) -> dict:

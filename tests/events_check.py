@@ -42,8 +42,9 @@ class Replay:
         kind = event["type"]
         self.types.append(kind)
         if kind == "cleared":
-            user = event.get("u")
-            self.held = {} if user is None else {n: held for n, held in self.held.items() if held[0] != user}
+            user, kept = event.get("u"), int(event.get("k", 0))
+            self.held = {} if user is None else {
+                n: held for n, held in self.held.items() if held[0] != user or n == kept}
             return
         number, user, expires = int(event["n"]), event["u"], int(event["e"])
         if kind in ("created", "refreshed"):

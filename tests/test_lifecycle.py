@@ -156,8 +156,8 @@ def test_clear_with_keep_removes_every_other_record_of_that_user_in_one_event(cl
     assert held_ids(client, "bob") == [bob]
     assert client.get(f"{API}/current", query_string={"user_id": "ann"}).json["token"] == JWT
     cleared = events(client)[-1]
-    assert {key: cleared[key] for key in ("type", "user_id", "count")} == {"type": "cleared", "user_id": "ann",
-                                                                          "count": 3}
+    assert {key: cleared[key] for key in ("type", "user_id", "count", "kept")} == {
+        "type": "cleared", "user_id": "ann", "count": 3, "kept": ann[1]}
     assert "id" not in cleared
     # The kept record goes on as before: listed, refreshable, cleared by a later plain clear.
     assert client.put(f"{API}/{ann[1]}", json={"token": JWT + "y", "expires_at": future()}).status_code == 200

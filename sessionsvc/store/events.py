@@ -15,7 +15,7 @@ EVENTS_SCAN_BUDGET = 1000
 def _event(cursor: bytes, fields: list) -> Event:
     values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
     cursor_text = cursor.decode("ascii")
-    number, user, expires, count = values.get(b"n"), values.get(b"u"), values.get(b"e"), values.get(b"c")
+    number, user, expires, count, kept = (values.get(name) for name in (b"n", b"u", b"e", b"c", b"k"))
     return Event(
         cursor=cursor_text,
         type=values[b"type"].decode("ascii"),
@@ -24,6 +24,7 @@ def _event(cursor: bytes, fields: list) -> Event:
         user_id=None if user is None else user.decode("ascii"),
         expires_at=None if expires is None else int(expires),
         count=None if count is None else int(count),
+        kept_number=None if kept is None else int(kept),
     )
 
 

@@ -81,7 +81,7 @@ class Event(NamedTuple):
     """One entry of the store's event stream. ``cursor`` is its stream entry id (the
     Redis time in ms, a dash, a sequence number); ``at`` is that time in whole seconds.
     ``number`` is absent on ``cleared``, ``user_id`` on a whole-store clear, ``count`` on
-    every other type."""
+    every other type; ``kept_number`` is the record a clear of one user kept, if any."""
 
     cursor: str
     type: str
@@ -90,10 +90,15 @@ class Event(NamedTuple):
     user_id: str | None = None
     expires_at: int | None = None
     count: int | None = None
+    kept_number: int | None = None
 
     @property
     def id(self) -> str | None:
         return None if self.number is None else format_id(self.number)
+
+    @property
+    def kept(self) -> str | None:
+        return None if self.kept_number is None else format_id(self.kept_number)
 
 
 class EventPage(NamedTuple):

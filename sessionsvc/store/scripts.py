@@ -529,8 +529,8 @@ return live
 # ARGV: root, user, record number to keep ('' = none), events maxlen
 # -> {CLEARED, number of live records deleted, foreign} | {KEEP_NOT_HELD} (ClearReply)
 #    foreign: numbers of entries naming another user's record (that record is left alone)
-# Events: `expired` for expiries due (DUE_BATCH at most), then one `cleared` with the user
-# and its count (none when the record to keep is not held: nothing changed).
+# Events: `expired` for expiries due (DUE_BATCH at most), then one `cleared` with the user,
+# its count and the record kept (none when that is not held: nothing changed).
 _CLEAR_USER = """
 local user, keep = ARGV[2], ARGV[3]
 events_maxlen = ARGV[4]
@@ -556,8 +556,12 @@ for _, n in ipairs(redis.call('ZRANGE', user_key(user), 0, -1)) do
   end
 end
 redis.call('UNLINK', user_key(user))
-if kept then redis.call('ZADD', user_key(user), kept[7], keep) end
-emit('type', 'cleared', 'u', user, 'c', live)
+if kept then
+  redis.call('ZADD', user_key(user), kept[7], keep)
+  emit('type', 'cleared', 'u', user, 'c', live, 'k', keep)
+else
+  emit('type', 'cleared', 'u', user, 'c', live)
+end
 return {ClearReply.CLEARED, live, foreign}
 """
 
