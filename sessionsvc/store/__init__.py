@@ -77,10 +77,11 @@ written by flask-limiter through the store's connection pool, never by this modu
 
 Every record is in exactly the three indexes of its generation (and in ``due`` until its
 expiry is told), and every change to a record, its index entries and its event happens in
-one Lua script, so no reader or crash can see one without the other. Redis alone deletes records (their TTL); index entries of records it
-has expired are pruned by the scripts, at most ``PRUNE_BATCH`` per call, so a burst of
-expiries is absorbed over many requests. While some remain, counts subtract them exactly
-(ZCOUNT on ``exp``) and pages skip them, so an expired record is never counted or listed.
+one Lua script, so no reader or crash can see one without the other. Redis alone deletes
+records (their TTL); index entries of records it has expired are pruned by the scripts, at
+most ``PRUNE_BATCH`` per call, so a burst of expiries is absorbed over many requests.
+While some remain, counts subtract them exactly (ZCOUNT on ``exp``) and pages skip them,
+so an expired record is never counted or listed.
 
 No read walks an index. While at most ``DEAD_WINDOW`` entries are dead, a page finds their
 ranks and maps itself to exact positions; beyond that, a read passes over at most
