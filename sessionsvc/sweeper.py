@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 import weakref
 
 from .store import StoreUnavailable, TokenStore
@@ -30,9 +31,9 @@ SWEEP_INTERVAL_SECONDS = 1.0
 # Several ticks long, so one late tick (a busy event loop) does not hand the lease over.
 LEASE_MS = 3000
 SWEEP_BATCH = 500
-# Batches per tick at most: a burst of expiries is told over several ticks, each script
-# call short.
-BATCHES_PER_TICK = 20
+# A tick goes on taking batches (each one short script call) while expiries are due, up to
+# this long; a larger burst goes on at the next tick.
+TICK_BUDGET_SECONDS = 0.5
 
 
 class ExpirySweeper:
@@ -47,17 +48,17 @@ class ExpirySweeper:
         self._stopped = threading.Event()
 
     def sweep(self) -> int | None:
-        """One tick: take or renew the lease and tell the expiries due (BATCHES_PER_TICK
-        batches at most). The number told, or None while another process holds the lease."""
-        told = 0
-        for _ in range(BATCHES_PER_TICK):
+        """One tick: take or renew the lease and tell the expiries due, batch after batch
+        for up to TICK_BUDGET_SECONDS. The number told, or None while another process
+        holds the lease."""
+        told, started = 0, time.monotonic()
+        while True:
             step = self.store.sweep(self.holder, self.lease_ms, self.batch)
             if step is None:
                 return None
             told += step
-            if step < self.batch:
-                break
-        return told
+            if step < self.batch or time.monotonic() - started > TICK_BUDGET_SECONDS:
+                return told
 
     def tick(self) -> None:
         """`sweep`, with every failure logged instead of raised."""

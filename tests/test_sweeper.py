@@ -193,3 +193,21 @@ def test_a_sweeper_survives_a_redis_outage_and_sweeps_again_after_it(tmp_path, c
         assert [event["u"] for event in expired(node.client())] == ["ann"]
     finally:
         node.stop()
+
+
+def test_check_index_finds_records_not_due_and_repair_makes_their_expiry_told(make_app, raw):
+    """A store written before expiries were told has no `due` index: check-index says so,
+    and --repair puts each record whose expiry is still to come in it."""
+    app = make_app()
+    client = app.test_client()
+    expires = int(time.time()) + 2
+    record_id = save(client, "ann", expires)
+    raw.delete("{sessionsvc}:due:0")
+    runner = app.test_cli_runner()
+    checked = runner.invoke(args=["check-index"])
+    assert checked.exit_code != 0 and "records missing from an index: 1" in checked.output
+    assert runner.invoke(args=["check-index", "--repair"]).exit_code == 0
+    assert raw.zscore("{sessionsvc}:due:0", f"{record_id[6:].lstrip('0')}:ann") == expires * 1000
+    wait_for(expires + 0.2)
+    ExpirySweeper(app.extensions["sessionsvc"].store).sweep()
+    assert [event["u"] for event in expired(raw)] == ["ann"]
