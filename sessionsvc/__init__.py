@@ -44,6 +44,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     from .apidoc import RECORD_ID_SCHEMA, state_expiry_rule
     from .crypto import Cipher
     from .errors import ServiceApi, register_error_handlers
+    from .eventstream import StreamSlots
     from .jsonprovider import OrjsonProvider
     from .ops import docs, health
     from .store import TokenStore, connect
@@ -99,6 +100,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         observe=metrics.observe_store,
     )
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
+    app.extensions["sessionsvc.event_streams"] = StreamSlots(config.events_max_streams)
     if config.expiry_sweep:
         sweeper = ExpirySweeper(store)
         app.extensions["sessionsvc.sweeper"] = sweeper

@@ -53,6 +53,8 @@ from .store import Record
 from .vault import Revealed, TokenVault
 
 PREFIX = "/api/v1/session-storage"
+TOO_MANY_STREAMS = "This instance serves as many event streams as it may; retry shortly, or read JSON pages."
+STREAM_RETRY_SECONDS = 5
 # The validity answer when no token is held.
 NO_CURRENT_TOKEN = {"is_valid": False, "expires_at": None, "seconds_remaining": 0}
 
@@ -224,6 +226,9 @@ class EventsView(MethodView):
         page = vault().events(after, limit, user_id, event_type)
         if not streaming:
             return {"data": page.events, "next": page.next}
+        slots = current_app.extensions["sessionsvc.event_streams"]
+        if not slots.take():
+            abort(503, message=TOO_MANY_STREAMS, headers={"Retry-After": str(STREAM_RETRY_SECONDS)})
         config, dumps, schema = current_app.config["SESSIONSVC"], current_app.json.dumps, SessionEvent()
         return event_stream_response(event_stream(
             vault(), page, after, limit, user_id, event_type,
@@ -231,7 +236,7 @@ class EventsView(MethodView):
             heartbeat_seconds=config.events_heartbeat_seconds,
             wait_ms=int(config.redis_timeout_seconds * 750),
             render=lambda event: dumps(schema.dump(event)),
-        ))
+        ), slots)
 
 
 @blp.route("/<record_id:record_id>")

@@ -148,6 +148,11 @@ class Config:
     events_heartbeat_seconds: float = field(
         default=15.0, metadata={"env": "SESSIONSVC_EVENTS_HEARTBEAT_SECONDS", "parse": _float}
     )
+    # Event streams one process serves at once: each waiting one holds a Redis connection
+    # of the process's pool, so they must leave most of the pool to requests.
+    events_max_streams: int = field(
+        default=32, metadata={"env": "SESSIONSVC_EVENTS_MAX_STREAMS", "parse": _int}
+    )
     proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
     # gunicorn's own variable (gunicorn.conf.py passes it on): the peers whose
     # X-Forwarded-* headers are believed.

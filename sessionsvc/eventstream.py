@@ -17,6 +17,7 @@ thread: use gevent for event streams, or shorter SESSIONSVC_EVENTS_STREAM_SECOND
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -83,6 +84,42 @@ def event_stream(
             return  # the client reconnects; a trimmed cursor is then answered 410
 
 
-def event_stream_response(frames: Iterator[bytes]) -> Response:
+class StreamSlots:
+    """How many event streams this process may serve at once (SESSIONSVC_EVENTS_MAX_STREAMS):
+    a waiting stream holds one of the pool's Redis connections, so without a bound enough
+    open streams would leave none for requests."""
+
+    def __init__(self, size: int):
+        self._free = threading.BoundedSemaphore(size)
+
+    def take(self) -> bool:
+        return self._free.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
+class _SlotHolding:
+    """The frames of one response, giving its slot back when the server closes it (also
+    when it never iterated them: a generator that never started runs no `finally`)."""
+
+    def __init__(self, frames: Iterator[bytes], slots: StreamSlots):
+        self._frames, self._slots, self._held = frames, slots, True
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._frames
+
+    def close(self) -> None:
+        try:
+            self._frames.close()
+        finally:
+            if self._held:
+                self._held = False
+                self._slots.give_back()
+
+
+def event_stream_response(frames: Iterator[bytes], slots: StreamSlots) -> Response:
+    """The streaming response, holding one of `slots` (taken by the caller) until closed."""
     # X-Accel-Buffering: nginx would otherwise hold the frames back until its buffer fills.
-    return Response(frames, mimetype=MIMETYPE, headers={"X-Accel-Buffering": "no"}, direct_passthrough=True)
+    return Response(_SlotHolding(frames, slots), mimetype=MIMETYPE, headers={"X-Accel-Buffering": "no"},
+                    direct_passthrough=True)

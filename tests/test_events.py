@@ -326,3 +326,19 @@ def test_an_event_stream_stops_when_the_client_goes(make_app):
     assert time.monotonic() - started < 2
     with pytest.raises(StopIteration):
         next(iterator)
+
+
+def test_event_streams_past_the_per_process_bound_are_503_until_one_ends(make_app):
+    """Each waiting stream holds a Redis connection of the pool: the bound keeps the pool
+    for requests."""
+    client = make_app(events_max_streams=1, events_stream_seconds=30).test_client()
+    post(client)
+    first = client.get(EVENTS, headers=SSE, buffered=False)
+    assert first.status_code == 200
+    refused = client.get(EVENTS, headers=SSE)
+    assert refused.status_code == 503 and refused.is_json and refused.headers["Retry-After"]
+    assert client.get(EVENTS).status_code == 200  # JSON pages are not streams
+    first.close()
+    second = client.get(EVENTS, headers=SSE, buffered=False)
+    assert second.status_code == 200
+    second.close()
