@@ -19,7 +19,7 @@ from datetime import datetime
 import redis
 from flask import Flask, jsonify, request
 
-from bench.same_work import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, SameWork, format_id, preview
+from bench.same_work import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, SameWork, format_id
 
 PREFIX = "/api/v1/session-storage"
 
@@ -137,7 +137,7 @@ def refresh(record_id: str):
     token = body["token"]
     expires = int(datetime.fromisoformat(body["expires_at"]).timestamp())
     reply = scripts["refresh"](
-        keys=keys, args=[ROOT, number, user, token, preview(token), expires, work.retention_ms, PRUNE_BATCH, "*"]
+        keys=keys, args=work.refresh_args(number, user, token, expires)
     )
     result = summary(reply[1], reply[2])
     return result, 200, {"ETag": f'"{int(reply[2][6])}"'}

@@ -551,6 +551,8 @@ class Bench:
                 "all index (zset)": usage(f"{root}:all:{gen}"),
                 "exp index (zset)": usage(f"{root}:exp:{gen}"),
                 "user indexes (zsets)": user_bytes,
+                "due index (zset)": usage(f"{root}:due:{gen}"),
+                "event stream (its created event)": usage(f"{root}:events"),
             }
             client.close()
         total = after - before

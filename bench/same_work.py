@@ -18,6 +18,9 @@ from sessionsvc.store import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, format_id,
 
 __all__ = ["ID_BLOCK", "OWNER_CACHE_SIZE", "PRUNE_BATCH", "SameWork", "format_id", "preview"]
 
+# The event stream's default bound (SESSIONSVC_EVENTS_MAXLEN): the same XADD as the service.
+EVENTS_MAXLEN = 100_000
+
 SCRIPTS = ("create", "refresh", "get", "owner", "current", "page")
 
 
@@ -37,9 +40,15 @@ class SameWork:
         self.scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
 
     def create_args(self, number: int, user_id: str, token: str, expires_at: int) -> list:
-        """The create script's ARGV for a record without an idempotency key."""
+        """The create script's ARGV for a record without an idempotency key (no per-user
+        limit, the default event stream bound)."""
         return [self.root, number, user_id, token, preview(token), expires_at, self.retention_ms, PRUNE_BATCH,
-                "", "", 1]
+                "", "", 1, 0, "evict_oldest", EVENTS_MAXLEN]
+
+    def refresh_args(self, number: int, user_id: str, token: str, expires_at: int) -> list:
+        """The refresh script's ARGV for an unconditional refresh."""
+        return [self.root, number, user_id, token, preview(token), expires_at, self.retention_ms, PRUNE_BATCH, "*",
+                EVENTS_MAXLEN]
 
     def load(self, entries: Sequence[tuple[str, str, int]], batch: int = 1000) -> None:
         """(user id, token, expires_at) records, tokens stored as they are given, with

@@ -1,6 +1,7 @@
 """Bounded soak: mixed traffic against two gunicorn workers on a private Redis with AOF,
 while that Redis is killed (-9) and restarted once; then checks that nothing acknowledged
-was lost and that the indexes are consistent.
+was lost, that the indexes are consistent, and that the event stream holds exactly one
+event for every acknowledged write (and none for writes that never happened).
 
     make soak                                    # 180 s, 8 client threads
     .venv/bin/python scripts/soak.py --seconds 60 --threads 4
@@ -50,11 +51,15 @@ def iso(epoch: float) -> str:
 @dataclass
 class Ledger:
     """What the clients were told: per record, the token last acknowledged (None once an
-    acknowledged delete), and the states an unanswered or 503'd write may have left."""
+    acknowledged delete), and the states an unanswered or 503'd write may have left; and
+    per record the writes acknowledged and those that may or may not have happened, by the
+    event each must have written (`created`, `refreshed`, `deleted`)."""
 
     acknowledged: dict[str, str | None] = field(default_factory=dict)
     uncertain: dict[str, set[str | None]] = field(default_factory=dict)
     unanswered_creates: int = 0
+    writes: Counter = field(default_factory=Counter)  # (event type, record id) -> acknowledged
+    maybe_writes: Counter = field(default_factory=Counter)  # (event type, record id) -> unknown outcome
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self, record_id: str, state: str | None, acknowledged: bool) -> None:
@@ -64,6 +69,10 @@ class Ledger:
                 self.uncertain.pop(record_id, None)
             else:
                 self.uncertain.setdefault(record_id, set()).add(state)
+
+    def wrote(self, event_type: str, record_id: str, acknowledged: bool) -> None:
+        with self.lock:
+            (self.writes if acknowledged else self.maybe_writes)[event_type, record_id] += 1
 
 
 @dataclass
@@ -167,6 +176,7 @@ def traffic(worker: int, port: int, stop: threading.Event, ledger: Ledger, stats
                 mine.append(answer["id"])
                 etags[answer["id"]] = headers.get("ETag", "")
                 ledger.settle(answer["id"], token, acknowledged=True)
+                ledger.wrote("created", answer["id"], acknowledged=True)
             else:
                 with ledger.lock:
                     ledger.unanswered_creates += 1
@@ -183,8 +193,10 @@ def traffic(worker: int, port: int, stop: threading.Event, ledger: Ledger, stats
             if status == 200:
                 etags[record_id] = headers.get("ETag", "")
                 ledger.settle(record_id, token, acknowledged=True)
+                ledger.wrote("refreshed", record_id, acknowledged=True)
             elif status not in (404, 412):
                 ledger.settle(record_id, token, acknowledged=False)
+                ledger.wrote("refreshed", record_id, acknowledged=False)
         elif roll < 0.70:
             client.call("list", "GET", f"{API}?user_id={user}&limit=10")
         elif roll < 0.78:
@@ -200,6 +212,8 @@ def traffic(worker: int, port: int, stop: threading.Event, ledger: Ledger, stats
                 ledger.settle(record_id, None, acknowledged=True)
             else:
                 ledger.settle(record_id, None, acknowledged=False)
+            # A 404 may follow a first attempt that deleted it (sent again on a reset connection).
+            ledger.wrote("deleted", record_id, acknowledged=status == 200)
 
 
 def wait_for_http(port: int, deadline: float) -> None:
@@ -213,6 +227,39 @@ def wait_for_http(port: int, deadline: float) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError("gunicorn did not become ready")
+
+
+def event_problems(raw, ledger: Ledger) -> dict:
+    """The event stream against the ledger: every acknowledged write has exactly one event
+    (`created` once per record, `refreshed` once per acknowledged PUT, `deleted` once), a
+    write of unknown outcome at most one, and there is no event of any other write."""
+    events: Counter = Counter()
+    start = "-"
+    while batch := raw.xrange(f"{{{PREFIX}}}:events", min=start, count=10000):
+        for _, fields in batch:
+            record = f"store_{int(fields[b'n']):03d}" if b"n" in fields else None
+            events[fields[b"type"].decode(), record] += 1
+        start = "(" + batch[-1][0].decode()
+    info = raw.xinfo_stream(f"{{{PREFIX}}}:events")
+    problems = []
+    for key in set(ledger.writes) | set(ledger.maybe_writes) | set(events):
+        told, acknowledged, maybe = events[key], ledger.writes[key], ledger.maybe_writes[key]
+        if key[0] == "created":
+            acknowledged, maybe = min(acknowledged, 1), 0  # a replayed POST answers the same record
+        if key[0] == "created" and not ledger.writes[key]:
+            maybe = 1  # a create whose answer was lost (counted below)
+        if not acknowledged <= told <= acknowledged + maybe:
+            problems.append(f"{key}: {told} events for {acknowledged} acknowledged and {maybe} uncertain writes")
+    unanswered = sum(1 for kind, record in events if kind == "created" and not ledger.writes[kind, record])
+    if unanswered > ledger.unanswered_creates:
+        problems.append(f"{unanswered} records created that no answered POST explains")
+    return {
+        "events": sum(events.values()),
+        "events_by_type": dict(Counter(kind for kind, _ in events.elements())),
+        "events_trimmed": info["entries-added"] - info["length"],
+        "acknowledged_writes": sum(ledger.writes.values()),
+        "event_problems": problems[:20],
+    }
 
 
 def verify(port: int, ledger: Ledger, server: RedisServer) -> dict:
@@ -245,6 +292,7 @@ def verify(port: int, ledger: Ledger, server: RedisServer) -> dict:
         "lost_acknowledged_writes": lost,
         "wrong_answers": wrong,
         "index_problems": problems,
+        **event_problems(raw, ledger),
     }
 
 
@@ -271,6 +319,7 @@ def main() -> int:
         "WEB_CONCURRENCY": "2",
         "SESSIONSVC_ACCESS_LOG": "/dev/null",
         "SESSIONSVC_LOG_LEVEL": "error",
+        "SESSIONSVC_EVENTS_MAXLEN": "10000000",  # every event kept, to be checked at the end
     }
     with open(workdir / "gunicorn.log", "w") as log:
         gunicorn = subprocess.Popen(
@@ -345,6 +394,7 @@ def main() -> int:
         or any(not isinstance(status, int) for status in stats.by_status)
         or report["hung_threads"]
         or after["lost_acknowledged_writes"] or after["wrong_answers"] or after["index_problems"]
+        or after["event_problems"] or after["events_trimmed"]
         or not after["listed_total_consistent"]
     )
     print("soak:", "FAILED" if failed else "passed", f"(logs in {workdir})")

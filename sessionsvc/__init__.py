@@ -44,9 +44,11 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     from .apidoc import RECORD_ID_SCHEMA, state_expiry_rule
     from .crypto import Cipher
     from .errors import ServiceApi, register_error_handlers
+    from .eventstream import StreamSlots
     from .jsonprovider import OrjsonProvider
     from .ops import docs, health
     from .store import TokenStore, connect
+    from .sweeper import ExpirySweeper
     from .vault import TokenVault
 
     if config is None:
@@ -92,9 +94,17 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         replicas=replicas,
         min_replicas_ack=config.min_replicas_ack,
         replica_ack_timeout_ms=config.replica_ack_timeout_ms,
+        max_tokens_per_user=config.max_tokens_per_user,
+        user_limit_policy=config.user_limit_policy,
+        events_maxlen=config.events_maxlen,
         observe=metrics.observe_store,
     )
     app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
+    app.extensions["sessionsvc.event_streams"] = StreamSlots(config.events_max_streams)
+    if config.expiry_sweep:
+        sweeper = ExpirySweeper(store)
+        app.extensions["sessionsvc.sweeper"] = sweeper
+        sweeper.start()
 
     api = ServiceApi(app)
     app.url_map.converters["record_id"] = RecordIdConverter

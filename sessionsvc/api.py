@@ -18,20 +18,28 @@ from .apidoc import (
     CREATED_HEADERS,
     CREATED_LINKS,
     ETAG_HEADER,
+    EVENT_STREAM_CONTENT,
     EXAMPLES,
     FETCHED_LINKS,
     LINK_HEADER,
 )
 from .errors import ERROR_RESPONSES
+from .eventstream import MIMETYPE as EVENT_STREAM
+from .eventstream import event_stream, event_stream_response
 from .logs import request_id
 from .parsing import QueryParser
 from .schemas import (
     Cleared,
+    ClearQuery,
     CurrentToken,
     Deleted,
+    EventQuery,
     IdempotencyHeader,
     IfMatchHeader,
+    LastEventIdHeader,
     PageQuery,
+    SessionEvent,
+    SessionEventPage,
     TokenCreate,
     TokenCreated,
     TokenDetail,
@@ -45,6 +53,8 @@ from .store import Record
 from .vault import Revealed, TokenVault
 
 PREFIX = "/api/v1/session-storage"
+TOO_MANY_STREAMS = "This instance serves as many event streams as it may; retry shortly, or read JSON pages."
+STREAM_RETRY_SECONDS = 5
 # The validity answer when no token is held.
 NO_CURRENT_TOKEN = {"is_valid": False, "expires_at": None, "seconds_remaining": 0}
 
@@ -79,10 +89,11 @@ def may_answer(*error_codes: int) -> Callable:
 
 
 class RecordIdConverter(BaseConverter):
-    """One path segment, except the literal routes: `current` and `validity` win over an id
-    for every method (PUT /current is a 405, not a lookup of a record called "current")."""
+    """One path segment, except the literal routes: `current`, `validity` and `events` win
+    over an id for every method (PUT /current is a 405, not a lookup of a record called
+    "current")."""
 
-    regex = r"(?!(?:current|validity)(?:/|\Z))[^/]+"
+    regex = r"(?!(?:current|validity|events)(?:/|\Z))[^/]+"
 
 
 def etag(record: Record) -> str:
@@ -155,13 +166,13 @@ class TokenCollection(MethodView):
             headers["Idempotent-Replayed"] = "true"
         return record, headers
 
-    @blp.arguments(UserQuery(), location="query", as_kwargs=True)
+    @blp.arguments(ClearQuery(), location="query", as_kwargs=True)
     @blp.response(200, Cleared, example=EXAMPLES["cleared"])
     @blp.doc(operationId="clearTokens")
-    @may_answer(422)
-    def delete(self, user_id: str | None = None):
-        """Clear every stored token (or one user's)."""
-        count = vault().clear(user_id)
+    @may_answer(404, 422)
+    def delete(self, user_id: str | None = None, keep: str | None = None):
+        """Clear every stored token, one user's, or all of one user's but one (sign out everywhere else)."""
+        count = vault().clear(user_id, keep)
         after_this_request(reclaim_when_sent)
         return {"cleared": True, "message": CLEARED_MESSAGE, "count": count}
 
@@ -191,6 +202,41 @@ class ValidityView(MethodView):
         """Whether the current token is still valid, and for how long."""
         record = vault().validity(user_id)
         return NO_CURRENT_TOKEN if record is None else record
+
+
+@blp.route("/events")
+class EventsView(MethodView):
+    @blp.arguments(EventQuery(), location="query", as_kwargs=True)
+    @blp.arguments(LastEventIdHeader(), location="headers", as_kwargs=True)
+    @blp.response(200, SessionEventPage, example=EXAMPLES["events"])
+    @blp.doc(operationId="listEvents", responses={200: {"content": {EVENT_STREAM: EVENT_STREAM_CONTENT}}})
+    @may_answer(410, 422)
+    def get(self, limit: int, after: str | None = None, user_id: str | None = None, event_type: str | None = None,
+            last_event_id: str | None = None):
+        """What happened to stored tokens, oldest first; Server-Sent Events with Accept: text/event-stream.
+
+        Every create, refresh, delete, clear, eviction and expiry, each written in the same atomic
+        step as the change. Read on with `after` = the answer's `next`; a cursor older than the
+        oldest event held (the stream keeps about SESSIONSVC_EVENTS_MAXLEN) is a 410 naming the
+        oldest cursor held.
+        """
+        streaming = request.accept_mimetypes.best_match(("application/json", EVENT_STREAM)) == EVENT_STREAM
+        if streaming and last_event_id is not None:
+            after = last_event_id
+        page = vault().events(after, limit, user_id, event_type)
+        if not streaming:
+            return {"data": page.events, "next": page.next}
+        slots = current_app.extensions["sessionsvc.event_streams"]
+        if not slots.take():
+            abort(503, message=TOO_MANY_STREAMS, headers={"Retry-After": str(STREAM_RETRY_SECONDS)})
+        config, dumps, schema = current_app.config["SESSIONSVC"], current_app.json.dumps, SessionEvent()
+        return event_stream_response(event_stream(
+            vault(), page, after, limit, user_id, event_type,
+            seconds=config.events_stream_seconds,
+            heartbeat_seconds=config.events_heartbeat_seconds,
+            wait_ms=int(config.redis_timeout_seconds * 750),
+            render=lambda event: dumps(schema.dump(event)),
+        ), slots)
 
 
 @blp.route("/<record_id:record_id>")

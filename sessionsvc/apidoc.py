@@ -59,7 +59,31 @@ EXAMPLES = {
         "saved_at": "2026-03-26T09:20:01Z",
     },
     "cleared": {"cleared": True, "message": CLEARED_MESSAGE},
+    "events": {
+        "data": [
+            {"cursor": "1774516800000-0", "type": "created", "at": "2026-03-26T09:20:00Z", "id": "store_002",
+             "user_id": "usr_9a2f31", "expires_at": "2026-03-26T11:00:00Z"},
+            {"cursor": "1774516801000-0", "type": "refreshed", "at": "2026-03-26T09:20:01Z", "id": "store_001",
+             "user_id": "usr_9a2f31", "expires_at": "2026-03-26T13:00:00Z"},
+            {"cursor": "1774516801000-1", "type": "cleared", "at": "2026-03-26T09:20:01Z", "user_id": "usr_7c01d4",
+             "count": 2},
+        ],
+        "next": "1774516801000-1",
+    },
     "deleted": {"deleted": True, "id": "store_001"},
+}
+# The events endpoint's other answer: Server-Sent Events (sessionsvc.eventstream).
+EVENT_STREAM_CONTENT = {
+    "schema": {
+        "type": "string",
+        "description": "Server-Sent Events: per event `id:` (its cursor), `event:` (its type) and `data:` (the "
+        "event as JSON, as in the JSON answer); comments (`: heartbeat`) while nothing happens; an `id:` line "
+        "alone moves the resume point past events a filter passed over. Resume with `Last-Event-ID`. The "
+        "response ends after SESSIONSVC_EVENTS_STREAM_SECONDS; reconnect to go on.",
+    },
+    "example": "retry: 1000\n\nid: 1774516800000-0\nevent: created\ndata: {\"cursor\":\"1774516800000-0\","
+    "\"type\":\"created\",\"at\":\"2026-03-26T09:20:00Z\",\"id\":\"store_002\",\"user_id\":\"usr_9a2f31\","
+    "\"expires_at\":\"2026-03-26T11:00:00Z\"}\n\n: heartbeat\n\n",
 }
 # Every /api/v1 operation can answer these (401 only when API keys are configured).
 COMMON_ERRORS = (401, 429, 503)

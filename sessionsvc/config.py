@@ -19,6 +19,7 @@ CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
 # 43 characters), and none of the example values shown in deploy/ and the README.
 MIN_SECRET_LENGTH = 32
 EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "change_me", "key1", "key2", "<key>"})
+USER_LIMIT_POLICIES = ("evict_oldest", "reject")
 
 
 class ConfigError(ValueError):
@@ -132,6 +133,26 @@ class Config:
     rotate_key_after: int = field(
         default=2**31, metadata={"env": "SESSIONSVC_ROTATE_KEY_AFTER", "parse": _int}
     )
+    # Session lifecycle: per-user limits, the event stream, the expiry sweeper.
+    max_tokens_per_user: int = field(
+        default=0, metadata={"env": "SESSIONSVC_MAX_TOKENS_PER_USER", "parse": _int}
+    )
+    user_limit_policy: str = field(default="evict_oldest", metadata={"env": "SESSIONSVC_USER_LIMIT_POLICY"})
+    events_maxlen: int = field(default=100_000, metadata={"env": "SESSIONSVC_EVENTS_MAXLEN", "parse": _int})
+    expiry_sweep: bool = field(default=True, metadata={"env": "SESSIONSVC_EXPIRY_SWEEP", "parse": _bool})
+    # An event-stream response (Server-Sent Events) ends after this long; the client
+    # reconnects with Last-Event-ID. Heartbeat comments keep proxies from closing it meanwhile.
+    events_stream_seconds: int = field(
+        default=300, metadata={"env": "SESSIONSVC_EVENTS_STREAM_SECONDS", "parse": _int}
+    )
+    events_heartbeat_seconds: float = field(
+        default=15.0, metadata={"env": "SESSIONSVC_EVENTS_HEARTBEAT_SECONDS", "parse": _float}
+    )
+    # Event streams one process serves at once: each waiting one holds a Redis connection
+    # of the process's pool, so they must leave most of the pool to requests.
+    events_max_streams: int = field(
+        default=32, metadata={"env": "SESSIONSVC_EVENTS_MAX_STREAMS", "parse": _int}
+    )
     proxy_hops: int = field(default=0, metadata={"env": "SESSIONSVC_PROXY_HOPS", "parse": _int})
     # gunicorn's own variable (gunicorn.conf.py passes it on): the peers whose
     # X-Forwarded-* headers are believed.
@@ -210,6 +231,14 @@ class Config:
         self.trusted_proxies()  # a malformed entry raises ConfigError
         if self.idempotency_seconds < 1:
             raise ConfigError("SESSIONSVC_IDEMPOTENCY_SECONDS: must be at least 1")
+        if self.user_limit_policy not in USER_LIMIT_POLICIES:
+            raise ConfigError(
+                f"SESSIONSVC_USER_LIMIT_POLICY: expected evict_oldest or reject, got {self.user_limit_policy!r}"
+            )
+        if self.events_maxlen < 1:
+            raise ConfigError("SESSIONSVC_EVENTS_MAXLEN: must be at least 1")
+        if self.events_stream_seconds < 1:
+            raise ConfigError("SESSIONSVC_EVENTS_STREAM_SECONDS: must be at least 1")
         if self.production:
             if self.embedded_store:
                 raise ConfigError(

@@ -21,10 +21,12 @@ from .apidoc import marshmallow_plugin
 from .crypto import DecryptionError
 from .store import (
     AlreadyExpired,
+    EventsTrimmed,
     IdempotencyConflict,
     NotFound,
     PreconditionFailed,
     StoreUnavailable,
+    UserLimitReached,
 )
 
 log = logging.getLogger("sessionsvc")
@@ -75,6 +77,9 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     400: ("BadRequest", MESSAGES[400]),
     401: ("Unauthorized", "A valid API key is required (Authorization: Bearer <key>)."),
     404: ("NotFound", "No session token with that id."),
+    409: ("Conflict", "This user already holds as many session tokens as allowed; delete one first."),
+    410: ("Gone", "Events after that cursor are no longer held; read on from the oldest cursor held "
+                  "(errors.oldest_cursor) and reconcile."),
     412: ("PreconditionFailed", "The record has changed since that ETag; fetch it again."),
     413: ("PayloadTooLarge", MESSAGES[413]),
     415: ("UnsupportedMediaType", MESSAGES[415]),
@@ -82,7 +87,10 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     429: ("TooManyRequests", "Too many requests; retry after the time in Retry-After."),
     503: ("ServiceUnavailable", "Token storage is temporarily unavailable; retry shortly."),
 }
-ERROR_EXAMPLE_DETAILS = {422: {"json": {"expires_at": ["Must be in the future."]}}}
+ERROR_EXAMPLE_DETAILS = {
+    410: {"oldest_cursor": "1774515600000-0"},
+    422: {"json": {"expires_at": ["Must be in the future."]}},
+}
 
 
 def error_body(code: int, message: str, errors: Any = None) -> dict:
@@ -156,6 +164,14 @@ def register_error_handlers(app: Flask) -> None:
         message = "This Idempotency-Key was already used for a different request."
         errors = {"headers": {"Idempotency-Key": ["Already used with another body; use a new key."]}}
         return error_body(422, message, errors), 422
+
+    @app.errorhandler(UserLimitReached)
+    def user_limit_reached(error: UserLimitReached):
+        return error_body(409, ERROR_RESPONSES[409][1]), 409
+
+    @app.errorhandler(EventsTrimmed)
+    def events_trimmed(error: EventsTrimmed):
+        return error_body(410, ERROR_RESPONSES[410][1], {"oldest_cursor": error.oldest}), 410
 
     @app.errorhandler(AlreadyExpired)
     def already_expired(error: AlreadyExpired):

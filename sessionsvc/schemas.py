@@ -9,7 +9,7 @@ from operator import attrgetter
 from typing import Any
 
 from flask import current_app
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_dump, validate, validates, validates_schema
 from werkzeug.http import parse_etags
 
 VISIBLE_ASCII_MESSAGE = "Must be printable ASCII without spaces or control characters."
@@ -187,6 +187,58 @@ class UserQuery(Schema):
     user_id = UserId()  # absent: every user (no null default, which a query string cannot carry)
 
 
+class ClearQuery(UserQuery):
+    """What to clear: everything, one user's records, or all of one user's but one."""
+
+    keep = fields.String(
+        validate=[validate.Length(min=1, max=32), VISIBLE_ASCII],
+        metadata={"description": "With `user_id`: the one record of that user to keep (sign out everywhere "
+                  "else). It must be a record that user holds, or the answer is 404 and nothing is cleared.",
+                  "example": "store_001"},
+    )
+
+    @validates_schema
+    def keep_needs_user(self, data: dict, **kwargs: Any) -> None:
+        if "keep" in data and "user_id" not in data:
+            raise ValidationError({"keep": ["Needs user_id: keep names the one record of that user to keep."]})
+
+
+EVENT_TYPES = ("created", "refreshed", "deleted", "cleared", "evicted", "expired")
+# A stream entry id as Redis writes it: milliseconds, a dash, a sequence number (each at
+# most 15 digits: whole in the double Lua compares them as).
+CURSOR = FullMatch(r"^[0-9]{1,15}-[0-9]{1,15}$", error="Must be an event cursor such as 1774515600000-0.")
+EXAMPLE_CURSOR = "1774515600000-0"
+
+
+def Cursor(**kwargs: Any) -> fields.String:  # noqa: N802 - a field factory reads like a field
+    return fields.String(validate=[validate.Length(min=3, max=31), CURSOR], **kwargs)
+
+
+class EventQuery(UserQuery):
+    """Which events: after a cursor, at most `limit`, optionally of one user or one type."""
+
+    after = Cursor(metadata={"description": "Read the events after this cursor (a `cursor` or `next` from an "
+                             "earlier answer). Absent: from the oldest event held.", "example": EXAMPLE_CURSOR})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000),
+                           metadata={"description": "Events per answer, 1 to 1000."})
+    event_type = fields.String(
+        data_key="type", validate=validate.OneOf(EVENT_TYPES),
+        metadata={"description": "Only events of this type."},
+    )
+
+
+class LastEventIdHeader(Schema):
+    """Where an event stream resumes (EventSource sends it when it reconnects)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    last_event_id = Cursor(
+        data_key="Last-Event-ID",
+        metadata={"description": "With `Accept: text/event-stream`: resume after this cursor (wins over `after`)."},
+    )
+
+
 class PageQuery(UserQuery):
     """Which page of the listing, most recently saved first."""
 
@@ -294,6 +346,37 @@ class Cleared(Schema):
     cleared = fields.Boolean(required=True, metadata={"example": True})
     message = fields.String(required=True, metadata={"example": "All session tokens cleared from secure storage"})
     count = fields.Integer(required=True, metadata={"description": "How many live records were cleared.", "example": 1})
+
+
+class SessionEvent(ObjectSchema):
+    """One change to the store, as its event stream tells it. Dumps a store Event; fields
+    that do not apply are absent (never null)."""
+
+    cursor = fields.String(required=True, metadata={
+        "description": "The event's place in the stream: pass it as `after` (or Last-Event-ID) to read on.",
+        "example": EXAMPLE_CURSOR})
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES), metadata={"example": "created"})
+    at = Timestamp(required=True, metadata={"description": "When it happened (Redis's clock)."})
+    id = fields.String(metadata={"description": "The record's id; absent on `cleared`.", "example": "store_001"})
+    user_id = fields.String(metadata={"description": "The record's user; on `cleared`, the user whose records were "
+                                      "cleared, absent when the whole store was.", "example": "usr_9a2f31"})
+    expires_at = Timestamp(metadata={"description": "The record's expiry (the new one on `refreshed`); absent on "
+                                     "`cleared`."})
+    count = fields.Integer(metadata={"description": "On `cleared`: how many live records were cleared.",
+                                     "example": 1})
+    kept = fields.String(metadata={"description": "On `cleared` by sign-out-everywhere-else (`keep`): the one "
+                                   "record of the user that was kept.", "example": "store_001"})
+
+    @post_dump
+    def without_absent_fields(self, data: dict, **kwargs: Any) -> dict:
+        return {name: value for name, value in data.items() if value is not None}
+
+
+class SessionEventPage(Schema):
+    data = fields.List(fields.Nested(SessionEvent), required=True, metadata={"description": "Oldest first."})
+    next = fields.String(required=True, metadata={
+        "description": "Pass as `after` to read on: past every event read, also those a filter passed over.",
+        "example": EXAMPLE_CURSOR})
 
 
 class Deleted(Schema):

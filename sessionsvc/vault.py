@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .crypto import Cipher, DecryptionError
 from .store import (
+    EventPage,
     IdempotencyClaim,
     IndexReport,
     NotFound,
@@ -171,8 +172,18 @@ class TokenVault:
         if not self.store.delete(self._number(record_id)):
             raise NotFound(record_id)
 
-    def clear(self, user_id: str | None = None) -> int:
-        return self.store.clear(user_id)
+    def clear(self, user_id: str | None = None, keep: str | None = None) -> int:
+        """Clear every record, or one user's; with `keep` (a record id of that user), all
+        of that user's but that one. NotFound when `keep` is not a held record of the user."""
+        return self.store.clear(user_id, None if keep is None else self._number(keep))
+
+    def events(
+        self, after: str | None = None, limit: int = 100, user_id: str | None = None, event_type: str | None = None
+    ) -> EventPage:
+        return self.store.events(after, limit, user_id, event_type)
+
+    def wait_for_events(self, after: str, timeout_ms: int) -> bool:
+        return self.store.wait_for_events(after, timeout_ms)
 
     def reclaim(self) -> None:
         """Free what a clear left behind; run after the response, so failures only log."""

@@ -18,6 +18,7 @@ from pytest_redis import factories
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.crypto import generate_key
+from sessionsvc.sweeper import ExpirySweeper
 
 # In CI the property-based tests replay a fixed sequence of examples, so a run's verdict
 # depends on the commit alone; on a developer's machine they keep exploring.
@@ -44,6 +45,23 @@ def iso(epoch: float) -> str:
 
 def future(seconds: int = 3600) -> str:
     return iso(time.time() + seconds)
+
+
+@pytest.fixture(autouse=True)
+def sweepers_stop_with_their_test(monkeypatch) -> Iterator[list[ExpirySweeper]]:
+    """Every expiry sweeper an app starts during a test stops when the test ends, so that
+    none sweeps (or holds the lease) in a later test's Redis."""
+    started: list[ExpirySweeper] = []
+    start = ExpirySweeper.start
+
+    def start_and_remember(sweeper: ExpirySweeper) -> None:
+        started.append(sweeper)
+        start(sweeper)
+
+    monkeypatch.setattr(ExpirySweeper, "start", start_and_remember)
+    yield started
+    for sweeper in started:
+        sweeper.stop(release=False)
 
 
 @pytest.fixture
@@ -77,17 +95,19 @@ def backend(request) -> dict:
 @pytest.fixture
 def real_app(real_redis, tmp_path):
     """An app on the private real redis-server only, for tests whose truth needs real Redis."""
-    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis)))
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis), expiry_sweep=False))
     app.instance_path = str(tmp_path)
     return app
 
 
 @pytest.fixture
 def make_app(backend, tmp_path):
-    """Build an app on the test's backend with Config overrides."""
+    """Build an app on the test's backend with Config overrides. No expiry sweeper runs in
+    the background unless a test asks for one (`expiry_sweep=True`): tests that count
+    Redis commands or keys must not see its ticks, and sweeps can be driven directly."""
 
     def build(**overrides):
-        settings = {"encryption_keys": TEST_KEYS, "redis_url": backend["url"], **overrides}
+        settings = {"encryption_keys": TEST_KEYS, "redis_url": backend["url"], "expiry_sweep": False, **overrides}
         if backend["url"] is None:
             settings.pop("redis_url")
         app = create_app(Config(**settings), redis_client=backend["client"])

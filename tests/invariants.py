@@ -17,14 +17,18 @@ def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
     - a record hash without a TTL, missing fields, or (in the current generation) missing
       from any of its three indexes, or indexed with the wrong score;
     - a record of an older generation whose generation is not queued for reclaim;
-    - an index entry whose record is gone although it has not passed retention.
+    - an index entry whose record is gone although it has not passed retention;
+    - a record whose expiry is still to come missing from ``due`` (or with another
+      score), or a ``due`` entry of a record not held whose expiry is still to come.
     """
     root = "{" + prefix + "}"
     generation = int(raw.get(f"{root}:gen") or 0)
     queued = {int(member) for member in raw.smembers(f"{root}:reclaim")}
     all_key, exp_key = f"{root}:all:{generation}", f"{root}:exp:{generation}"
+    due = {member.decode(): score for member, score in raw.zrange(f"{root}:due:{generation}", 0, -1, withscores=True)}
     problems: list[str] = []
     live: dict[int, str] = {}
+    due_check: list[tuple[int, str, int]] = []
 
     for key in raw.scan_iter(match=f"{root}:r:*", count=1000):
         number = int(key.rsplit(b":", 1)[1])
@@ -52,6 +56,10 @@ def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
             problems.append(f"record {number} is not in its user's listing with its version")
         if death != -1 and raw.zscore(exp_key, f"{number}:{user}") != float(death):
             problems.append(f"record {number} is not in the expiry index with its death")
+        expires_ms = int(fields[b"e"]) * 1000
+        if due.get(f"{number}:{user}", expires_ms) != expires_ms:
+            problems.append(f"record {number} is due with another expiry than its own")
+        due_check.append((number, user, expires_ms))
 
     entries = {}
     for member, score in raw.zrange(exp_key, 0, -1, withscores=True):
@@ -71,6 +79,13 @@ def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
         for number in numbers:
             if entries.get(number, (None,))[0] != user:
                 problems.append(f"user index {user!r} holds {number} without a matching expiry entry")
+    for number, user, expires_ms in due_check:
+        if expires_ms > now_ms and f"{number}:{user}" not in due:
+            problems.append(f"record {number} expires later but is not due")
+    for member, expires_ms in due.items():
+        number, _, user = member.partition(":")
+        if expires_ms > now_ms and int(number) not in live:
+            problems.append(f"due entry {member} names a record not held")
     for number, (user, death) in entries.items():
         if number in live:
             continue

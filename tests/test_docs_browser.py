@@ -71,7 +71,7 @@ def test_swagger_ui_lists_the_operations_and_try_it_out_saves_then_reads_a_token
     response = page.goto(service.base + "/docs")
     assert response.headers["content-security-policy"] == DOCS_CSP
     page.wait_for_selector(".opblock")
-    assert page.locator('[id^="operations-session-storage-"]').count() == 8
+    assert page.locator('[id^="operations-session-storage-"]').count() == 9
     assert page.locator('[id^="operations-health-"]').count() == 2
 
     body = json.dumps({"user_id": "usr_browser", "token": TOKEN, "expires_at": future()})

@@ -60,6 +60,27 @@ def test_every_endpoint_works_as_the_least_privilege_redis_user(acl_app, real_re
     assert refused == set()
 
 
+def test_limits_events_and_expiry_sweeps_work_as_the_least_privilege_redis_user(acl_url, real_redis, tmp_path):
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=acl_url, api_keys=(API_KEY,), max_tokens_per_user=2,
+                            events_stream_seconds=1, events_heartbeat_seconds=0.2))
+    app.instance_path = str(tmp_path)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {API_KEY}"
+    ids = [client.post(API, json={"user_id": "dan", "token": "t" * 40, "expires_at": future(seconds)}).json["id"]
+           for seconds in (1, 3600, 3600)]  # the third evicts the first
+    assert client.delete(API, query_string={"user_id": "dan", "keep": ids[2]}).json["count"] == 1
+    sweeper = app.extensions["sessionsvc.sweeper"]
+    assert sweeper.sweep() is not None  # the lease taken (or renewed) and due expiries told
+    sweeper.stop()
+    page = client.get(f"{API}/events", query_string={"user_id": "dan", "type": "evicted"}).json
+    assert [event["id"] for event in page["data"]] == [ids[0]]
+    assert client.get(f"{API}/events", query_string={"after": "0-0"}).status_code == 200
+    streamed = client.get(f"{API}/events", headers={"Accept": "text/event-stream"}, buffered=False)
+    assert b"event: cleared" in b"".join(streamed.response)
+    refused = {entry["object"] for entry in real_redis.acl_log()} - {"client|setinfo"}
+    assert refused == set()
+
+
 def test_operator_commands_work_as_the_least_privilege_redis_user(acl_app):
     client = acl_app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {API_KEY}"

@@ -2,9 +2,10 @@
 it has, operation by operation and statefully along the documented links (POST -> GET /
 PUT / DELETE, GET -> conditional PUT), on fakeredis. Zero failures allowed.
 
-Two things the JSON Schema cannot say are told to the generator instead of relaxed in the
-checks: a valid `expires_at` lies between now and the maximum TTL, and an idempotency key
-is fresh for each new request (reusing one with another body is rightly a 422). A PUT whose
+Three things the JSON Schema cannot say are told to the generator instead of relaxed in the
+checks: a valid `expires_at` lies between now and the maximum TTL, an idempotency key is
+fresh for each new request (reusing one with another body is rightly a 422), and `keep`
+(clear all of a user's records but one) comes with the `user_id` it belongs to. A PUT whose
 well-formed `If-Match` names another version is rightly a 412: that status is accepted as an
 answer to schema-valid data.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -30,7 +32,9 @@ from schemathesis.generation import GenerationMode
 from conftest import API, TEST_KEYS, iso
 from sessionsvc import create_app
 from sessionsvc.config import Config
+from sessionsvc.schemas import CURSOR
 
+CURSOR_PATTERN = re.compile(CURSOR.regex.pattern.strip("^$"))
 EXPECTED_FOR_VALID_DATA = ["2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -53,6 +57,12 @@ def prepare(case):
         case.body["expires_at"] = iso(time.time() + random.randint(60, 30 * 86400))
     if case.headers and "Idempotency-Key" in case.headers:
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
+    if case.query and "keep" in case.query and "user_id" not in case.query:
+        case.query["user_id"] = "usr_9a2f31"
+    # schemathesis generates header values of its own alphabet and does not keep to a
+    # header's `pattern` (it sends `Last-Event-ID: 0` as schema-valid): a cursor it is.
+    if case.headers and "Last-Event-ID" in case.headers and not CURSOR_PATTERN.fullmatch(case.headers["Last-Event-ID"]):
+        case.headers["Last-Event-ID"] = "1774515600000-0"
 
 
 schema = build_schema()

@@ -4,6 +4,7 @@ keys, the commands of every operation, the topologies and the failures. The code
 - ``records``: what the store returns (``Record``, ``Census``, ``IndexReport``), record
   ids, and the errors it raises (``NotFound``, ``StoreUnavailable``, ...);
 - ``operations``: ``TokenStore``, the operations that serve requests;
+- ``events``: reading the event stream, waiting on it, and the expiry sweep;
 - ``maintenance``: the operations for operators and monitoring (readiness, census,
   scan/reseal, reclaim, check-index);
 - ``runner``: running a script: retries, replica reads, WAIT for replica acks;
@@ -41,6 +42,24 @@ key                             type     content
 ``{P}:exp:G``                   zset     member ``n:<user>``, score the record's death
                                          (ms, = its PEXPIREAT): finds index entries of
                                          records Redis has expired
+``{P}:due:G``                   zset     member ``n:<user>``, score the record's expires_at
+                                         (ms): the expiries not yet told. An entry leaves
+                                         when its ``expired`` event is written (same
+                                         script), or with its record (delete, eviction,
+                                         clear); a refresh moves it. Outlives its record
+                                         (retention 0) until told.
+``{P}:events``                  stream   the event stream: one entry per change, written
+                                         by the script that makes the change (XADD
+                                         MAXLEN ~ ``SESSIONSVC_EVENTS_MAXLEN``). Fields
+                                         ``type`` (created, refreshed, deleted, cleared,
+                                         evicted, expired), ``n`` record number, ``u``
+                                         user, ``e`` expires_at (unix s), ``c`` count
+                                         and ``k`` record kept (``cleared``). Never a
+                                         token or its preview. The entry id (Redis time
+                                         in ms - sequence) is the event's cursor and time.
+``{P}:sweeper``                 hash     the expiry sweeper's lease: ``h`` the holder's
+                                         random name. PEXPIRE = the lease (3 s), renewed
+                                         by its holder at every tick.
 ``{P}:slot-guard``              (none)   never written; declared by every script so that
                                          Redis refuses (TRYAGAIN) to run one while the
                                          store's slot is half-migrated between masters
@@ -56,12 +75,13 @@ Rate-limit counters (flask-limiter, only when ``SESSIONSVC_RATE_LIMIT`` is set) 
 Redis under ``P:limits:...`` (no braces: they are per client, not per store slot); they are
 written by flask-limiter through the store's connection pool, never by this module.
 
-Every record is in exactly the three indexes of its generation, and every change to a
-record and its index entries happens in one Lua script, so no reader or crash can see one
-without the other. Redis alone deletes records (their TTL); index entries of records it
-has expired are pruned by the scripts, at most ``PRUNE_BATCH`` per call, so a burst of
-expiries is absorbed over many requests. While some remain, counts subtract them exactly
-(ZCOUNT on ``exp``) and pages skip them, so an expired record is never counted or listed.
+Every record is in exactly the three indexes of its generation (and in ``due`` until its
+expiry is told), and every change to a record, its index entries and its event happens in
+one Lua script, so no reader or crash can see one without the other. Redis alone deletes
+records (their TTL); index entries of records it has expired are pruned by the scripts, at
+most ``PRUNE_BATCH`` per call, so a burst of expiries is absorbed over many requests.
+While some remain, counts subtract them exactly (ZCOUNT on ``exp``) and pages skip them,
+so an expired record is never counted or listed.
 
 No read walks an index. While at most ``DEAD_WINDOW`` entries are dead, a page finds their
 ranks and maps itself to exact positions; beyond that, a read passes over at most
@@ -74,6 +94,22 @@ an entry of ``u:G:<user>`` naming another user's record is passed over (logged b
 never with a token) and, on the primary, removed from that index; clear never deletes
 that record.
 
+Events
+------
+Every change appends its event in the same script, so no reader ever sees one without the
+other, and an idempotent replay or a refusal (which change nothing) appends none. A
+create over the per-user limit appends ``evicted`` per record evicted, then ``created``;
+a clear appends one ``cleared`` (with ``u`` for one user's, ``k`` for the record kept).
+Expiries are told from ``due``: every write first tells up to ``DUE_BATCH`` that have come
+(so no change is told before an expiry that came first), and each app process runs a
+sweeper thread that, while holding the lease, tells the rest within about a second
+(``sweeper.py``). Whoever tells an expiry takes its ``due`` entry in the same script:
+each expiry is told exactly once, however many processes sweep. The stream is trimmed
+approximately (whole stream nodes) to about ``SESSIONSVC_EVENTS_MAXLEN`` entries; a read
+after a cursor older than the oldest entry held, once anything has been trimmed
+(``entries-added`` > ``length`` in XINFO STREAM), answers ``TRIMMED`` (410) instead of
+skipping what was lost.
+
 Time always comes from Redis (``TIME`` inside the scripts), so ``is_valid`` and
 ``seconds_remaining`` agree across app hosts whatever their clocks say.
 
@@ -82,14 +118,21 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
 - reserve ids: ``INCRBY {P}:ids <block>`` once per ``ID_BLOCK`` creations (the id is
   needed before the script, to bind the ciphertext to it).
 - create: GET gen, TIME, HINCRBY seals, [HMGET idem: held -> answer the stored snapshot, or refuse a
-  different digest], INCR saves, HSET + PEXPIREAT record, ZADD x3, [HSET + PEXPIRE idem],
-  prune. The check and the record happen in one script, so two processes racing with one
-  key create one record.
+  different digest], EXISTS record, tell due expiries (ZRANGEBYSCORE due LIMIT
+  ``DUE_BATCH`` [+ XADD + ZREM]), prune, [per-user limit: ZCARD user index; when at the
+  limit, ZCOUNT exp [+ ``dead_ranks`` while entries are dead, or, past ``DEAD_WINDOW``,
+  a walk of an index of at most ``WALK_BUDGET`` entries, else ``CATCHING_UP``]; over it:
+  refuse (``USER_LIMIT``), or ZRANGE the user index from the lowest save number, HMGET
+  [+ ZSCORE exp] per entry, UNLINK + ZREM x4 + XADD per record evicted, at most
+  ``WALK_BUDGET``], INCR saves, HSET + PEXPIREAT record, ZADD x4, [HSET + PEXPIRE idem],
+  XADD, [reclaim]. The check and the record happen in one script, so two processes
+  racing with one key create one record, and any number racing for one user never leave
+  more than the limit.
 - bulk load (``create_many``): the create script per record, pipelined, one round-trip
   per ``BULK_BATCH`` records.
 - refresh: GET gen, TIME, HINCRBY seals, HMGET (exists, same generation, owner, version), ZSCORE exp
-  (not dead by the script's clock, to the millisecond), INCR saves,
-  HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The existence check and the
+  (not dead by the script's clock, to the millisecond), tell due expiries, INCR saves,
+  HSET + PEXPIREAT, ZADD x4 (same members, new scores), XADD, prune. The existence check and the
   writes are one script, and Redis treats a key whose TTL passed before the script started
   as gone, so a refresh can neither revive a record past retention nor leave a hash
   without a TTL.
@@ -109,12 +152,22 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
   dead entries than that: the whole-store page walks from the top (total ZCARD - ZCOUNT),
   a user's page reads their whole index, each within ``WALK_BUDGET`` entries (else
   ``CATCHING_UP``).
-- delete: GET gen, HMGET, UNLINK record, ZREM x3.
-- clear (all): ZCARD, ZCOUNT, INCR gen, SADD reclaim. O(1): the old generation becomes
-  invisible at once; ``reclaim`` frees its keys afterwards in bounded batches
-  (ZRANGE exp + UNLINK/ZREM per entry), also a little at every save.
-- clear (one user): ZRANGE the user's index, HGET u per entry, UNLINK + ZREM x2 per
-  record of that user, UNLINK the index.
+- delete: GET gen, HMGET, tell due expiries, UNLINK record, ZREM x4, XADD.
+- clear (all): tell due expiries, ZCARD, ZCOUNT, INCR gen, SADD reclaim, XADD. O(1): the
+  old generation becomes invisible at once; ``reclaim`` frees its keys afterwards in
+  bounded batches (ZRANGE exp + UNLINK/ZREM per entry, UNLINK of ``due`` at the end), also
+  a little at every save.
+- clear (one user [but ``keep``]): [HMGET + ZSCORE exp of ``keep``: held by that user, or
+  ``KEEP_NOT_HELD`` and nothing changes], tell due expiries, ZRANGE the user's index, HGET
+  u per entry, UNLINK + ZREM x3 per record of that user, UNLINK the index [+ ZADD of
+  ``keep``], XADD.
+- events: [XRANGE - + COUNT 1 and, when the cursor is older, XINFO STREAM], XRANGE
+  ``(<cursor>`` + COUNT ``limit`` (unfiltered) or ``EVENTS_SCAN_BUDGET`` (filtered).
+- wait for events (Server-Sent Events): XREAD COUNT 1 BLOCK (shorter than the socket
+  timeout) STREAMS events <cursor>, not a script.
+- sweep (the sweeper, every second in every process): HGET sweeper, [HSET + PEXPIRE
+  sweeper; ZRANGEBYSCORE due LIMIT batch, XADD per expiry told, ZREM due]. Release:
+  HGET + DEL sweeper.
 
 Operations for operators and monitoring
 ---------------------------------------
@@ -126,7 +179,8 @@ Operations for operators and monitoring
   the count per key id is exact up to ``CENSUS_SAMPLE`` records and a uniform sample
   above (``scan`` gives exact counts, for the ``stats`` command).
 - check-index: the prune script until nothing is due; SCAN MATCH ``{P}:r:*`` then, per
-  batch of records, HMGET + PTTL + ZSCORE x3 (repair: PEXPIREAT, ZADD x3, UNLINK of
+  batch of records, HMGET + PTTL + ZSCORE x3 (+ due while unexpired) (repair: PEXPIREAT,
+  ZADD x3 (+ due), UNLINK of
   records of a generation neither current nor being reclaimed); ZRANGE of ``all``,
   ``exp`` and every ``u`` index (SCAN MATCH ``{P}:u:G:*``) in batches, HMGET per entry
   (repair: ZREM of entries whose record is not held).
@@ -165,6 +219,9 @@ from .operations import PRUNE_BATCH, TokenStore
 from .records import (
     AlreadyExpired,
     Census,
+    Event,
+    EventPage,
+    EventsTrimmed,
     IdempotencyClaim,
     IdempotencyConflict,
     IndexReport,
@@ -173,15 +230,16 @@ from .records import (
     PreconditionFailed,
     Record,
     StoreUnavailable,
+    UserLimitReached,
     format_id,
     parse_id,
 )
 from .scripts import DEAD_WINDOW, WALK_BUDGET, script_source
 
 __all__ = [
-    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "IdempotencyClaim", "IdempotencyConflict",
-    "IndexReport", "NotFound", "NumberInUse", "PreconditionFailed", "Record", "StoreUnavailable", "TokenStore",
-    "connect", "format_id", "parse_id",
+    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "Event", "EventPage", "EventsTrimmed",
+    "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PreconditionFailed",
+    "Record", "StoreUnavailable", "TokenStore", "UserLimitReached", "connect", "format_id", "parse_id",
     # The benchmark's same-work baseline (bench/) runs the store's own scripts with the
     # store's arguments: their text and the batch sizes are public for that, and only that.
     "ID_BLOCK", "OWNER_CACHE_SIZE", "PRUNE_BATCH", "script_source",

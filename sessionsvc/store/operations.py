@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .events import StoreEvents
 from .ids import IdBlocks, OwnerCache
 from .maintenance import StoreMaintenance
 from .records import (
@@ -23,9 +24,10 @@ from .records import (
     PreconditionFailed,
     Record,
     StoreUnavailable,
+    UserLimitReached,
     format_id,
 )
-from .scripts import NUMBER_IN_USE, CreateReply, ReadReply, RefreshReply
+from .scripts import NUMBER_IN_USE, ClearReply, CreateReply, ReadReply, RefreshReply
 
 log = logging.getLogger("sessionsvc")
 
@@ -33,12 +35,15 @@ PRUNE_BATCH = 256
 BULK_BATCH = 1000
 
 
-class TokenStore(StoreMaintenance):
+class TokenStore(StoreEvents, StoreMaintenance):
     """Records and their indexes in one Redis (or Cluster slot), under one key prefix.
 
     ``replicas``: a client whose read-only scripts may be served by replicas (None: every
     read goes to the primary). ``min_replicas_ack``: writes wait for that many replicas to
     acknowledge them (WAIT) and fail as unavailable when they do not in time.
+    ``max_tokens_per_user`` (0: no limit) and ``user_limit_policy`` (``evict_oldest`` or
+    ``reject``): what create does when the user would hold more. ``events_maxlen``: the
+    event stream's approximate bound.
     """
 
     def __init__(
@@ -52,11 +57,17 @@ class TokenStore(StoreMaintenance):
         min_replicas_ack: int = 0,
         replica_ack_timeout_ms: int = 500,
         idempotency_seconds: int = 86400,
+        max_tokens_per_user: int = 0,
+        user_limit_policy: str = "evict_oldest",
+        events_maxlen: int = 100_000,
     ):
         super().__init__(client, key_prefix, observe=observe, replicas=replicas, min_replicas_ack=min_replicas_ack,
                          replica_ack_timeout_ms=replica_ack_timeout_ms)
         self.retention_ms = retention_seconds * 1000
         self.idempotency_ms = max(1, idempotency_seconds) * 1000
+        self.max_tokens_per_user = max_tokens_per_user
+        self.user_limit_policy = user_limit_policy
+        self.events_maxlen = max(1, events_maxlen)
         self._ids = IdBlocks(self._fetch_block)
         self._owners = OwnerCache()
 
@@ -120,7 +131,9 @@ class TokenStore(StoreMaintenance):
         already used for the same request answers the record it created then
         (``replayed``) and stores nothing; for another request it raises
         IdempotencyConflict. NumberInUse when another record holds the number already:
-        possible only after a failover lost the counter's last blocks."""
+        possible only after a failover lost the counter's last blocks. Over the per-user
+        limit it evicts the user's least recently saved records, or raises
+        UserLimitReached (policy ``reject``)."""
         key_hash, digests = "", ""
         if idempotency is not None:
             key_hash = hashlib.sha256(idempotency.key.encode("utf-8")).hexdigest()
@@ -139,6 +152,10 @@ class TokenStore(StoreMaintenance):
             raise IdempotencyConflict()
         if reply[0] == CreateReply.ALREADY_EXPIRED:
             raise AlreadyExpired()
+        if reply[0] == CreateReply.USER_LIMIT:
+            raise UserLimitReached()
+        if reply[0] == CreateReply.CATCHING_UP:
+            raise StoreUnavailable("catching_up")
         record = self._held(reply[1], reply[2])
         return record._replace(replayed=True) if reply[0] == CreateReply.REPLAYED else record
 
@@ -148,7 +165,8 @@ class TokenStore(StoreMaintenance):
     ) -> tuple:
         """The create script's ARGV after the root (see scripts.py)."""
         return (number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
-                key_hash, digests, self.idempotency_ms)
+                key_hash, digests, self.idempotency_ms, self.max_tokens_per_user, self.user_limit_policy,
+                self.events_maxlen)
 
     def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
         """Bulk load: the create script for each (number, user id, sealed, preview,
@@ -189,7 +207,8 @@ class TokenStore(StoreMaintenance):
         PreconditionFailed (an empty collection never matches)."""
         expected = "*" if expected_versions is None else " ".join(str(int(v)) for v in expected_versions)
         reply = self._run(
-            "refresh", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH, expected
+            "refresh", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH, expected,
+            self.events_maxlen,
         )
         if reply[0] == RefreshReply.NOT_FOUND:
             raise NotFound(format_id(number))
@@ -255,12 +274,16 @@ class TokenStore(StoreMaintenance):
             )
 
     def delete(self, number: int) -> bool:
-        return bool(self._run("delete", number))
+        return bool(self._run("delete", number, self.events_maxlen))
 
-    def clear(self, user_id: str | None = None) -> int:
-        """Make every record (or one user's) invisible at once; returns how many were live."""
+    def clear(self, user_id: str | None = None, keep: int | None = None) -> int:
+        """Make every record (or one user's, but `keep` when given) invisible at once;
+        returns how many were live. NotFound when `keep` is not a held record of the user
+        (nothing is cleared then)."""
         if user_id:
-            live, foreign = self._run("clear_user", user_id)
-            self._passed_over(user_id, foreign)
-            return int(live)
-        return int(self._run("clear_all"))
+            reply = self._run("clear_user", user_id, "" if keep is None else keep, self.events_maxlen)
+            if reply[0] == ClearReply.KEEP_NOT_HELD:
+                raise NotFound(format_id(keep or 0))
+            self._passed_over(user_id, reply[2])
+            return int(reply[1])
+        return int(self._run("clear_all", self.events_maxlen))

@@ -32,6 +32,19 @@ class IdempotencyConflict(Exception):
     """The idempotency key was already used, within its window, for a different request."""
 
 
+class UserLimitReached(Exception):
+    """The user holds as many records as the per-user limit allows (policy ``reject``)."""
+
+
+class EventsTrimmed(Exception):
+    """The cursor is older than the oldest event the stream still holds: events after it
+    may have been trimmed away. ``oldest`` is the oldest cursor held."""
+
+    def __init__(self, oldest: str):
+        super().__init__("events trimmed")
+        self.oldest = oldest
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer in time or refused the command; the kind names the reason."""
 
@@ -62,6 +75,38 @@ class Record(NamedTuple):
     @property
     def id(self) -> str:
         return format_id(self.number)
+
+
+class Event(NamedTuple):
+    """One entry of the store's event stream. ``cursor`` is its stream entry id (the
+    Redis time in ms, a dash, a sequence number); ``at`` is that time in whole seconds.
+    ``number`` is absent on ``cleared``, ``user_id`` on a whole-store clear, ``count`` on
+    every other type; ``kept_number`` is the record a clear of one user kept, if any."""
+
+    cursor: str
+    type: str
+    at: int
+    number: int | None = None
+    user_id: str | None = None
+    expires_at: int | None = None
+    count: int | None = None
+    kept_number: int | None = None
+
+    @property
+    def id(self) -> str | None:
+        return None if self.number is None else format_id(self.number)
+
+    @property
+    def kept(self) -> str | None:
+        return None if self.kept_number is None else format_id(self.kept_number)
+
+
+class EventPage(NamedTuple):
+    """Events oldest first, and the cursor to read on from (past every entry read, also
+    those a filter passed over)."""
+
+    events: list[Event]
+    next: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ class CreateReply:
     REPLAYED = 2  # the idempotency key's earlier record, answered again
     IDEMPOTENCY_CONFLICT = -1  # the key was used for another request
     ALREADY_EXPIRED = -2  # dead by Redis's clock before it is stored
+    USER_LIMIT = -3  # the user holds the most records allowed (policy reject)
+    CATCHING_UP = -4  # more dead entries than a save may pass over to count the user's records
 
 
 class RefreshReply:
@@ -37,6 +39,21 @@ class RefreshReply:
     NOT_FOUND = 0
     PRECONDITION_FAILED = -1  # followed by the record's version
     ALREADY_EXPIRED = -2
+
+
+class ClearReply:
+    CLEARED = 1
+    KEEP_NOT_HELD = 0  # the record to keep is not a held record of that user: nothing cleared
+
+
+class EventsReply:
+    READ = 1
+    TRIMMED = 0  # the cursor is older than the oldest event held; followed by that event's cursor
+
+
+class SweepReply:
+    SWEPT = 1
+    NOT_HOLDER = 0  # another process holds the sweeper lease
 
 
 # The error create answers when its reserved number already holds a record.
@@ -48,6 +65,9 @@ DEAD_WINDOW = 256
 # Index entries a read may pass over beyond that: entries naming another user's record,
 # and dead entries while more than DEAD_WINDOW wait.
 WALK_BUDGET = 512
+# Expiries a write script tells (and takes out of `due`) before its own change, so that no
+# change is told before an expiry that came first; the sweeper takes larger batches.
+DUE_BATCH = 64
 
 
 def _lua_table(codes: type) -> str:
@@ -59,8 +79,11 @@ PRELUDE = f"""
 {_lua_table(ReadReply)}
 {_lua_table(CreateReply)}
 {_lua_table(RefreshReply)}
+{_lua_table(ClearReply)}
+{_lua_table(EventsReply)}
+{_lua_table(SweepReply)}
 local NUMBER_IN_USE = '{NUMBER_IN_USE}'
-local DEAD_WINDOW, WALK_BUDGET = {DEAD_WINDOW}, {WALK_BUDGET}
+local DEAD_WINDOW, WALK_BUDGET, DUE_BATCH = {DEAD_WINDOW}, {WALK_BUDGET}, {DUE_BATCH}
 """ + """
 local root = ARGV[1]
 local gen = redis.call('GET', KEYS[1]) or '0'
@@ -68,7 +91,11 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local all_key = root .. ':all:' .. gen
 local exp_key = root .. ':exp:' .. gen
+local due_key = root .. ':due:' .. gen
 local reclaim_key = root .. ':reclaim'
+local events_key = root .. ':events'
+-- The stream's approximate bound; a script that appends events sets it from its ARGV first.
+local events_maxlen = nil
 local function user_key(user) return root .. ':u:' .. gen .. ':' .. user end
 local function rec_key(n) return root .. ':r:' .. n end
 local function ms(x) return string.format('%d', x) end
@@ -76,6 +103,31 @@ local function ms(x) return string.format('%d', x) end
 local function split(member)
   local sep = string.find(member, ':', 1, true)
   return string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+end
+
+-- Append one event to the store's stream (fields: name, value, ...). Its entry id, from
+-- Redis's clock, is the event's cursor and time.
+local function emit(...)
+  redis.call('XADD', events_key, 'MAXLEN', '~', events_maxlen, '*', ...)
+end
+
+local function record_event(kind, n, user, expires)
+  emit('type', kind, 'n', n, 'u', user, 'e', expires)
+end
+
+-- Tell up to `batch` expiries that have come (an `expired` event each) and take them out
+-- of `due` in the same step: each expiry is told exactly once, whoever runs this.
+local function expire_due(batch)
+  local due = redis.call('ZRANGEBYSCORE', due_key, '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, batch)
+  if #due == 0 then return 0 end
+  local members = {}
+  for i = 1, #due, 2 do
+    local n, user = split(due[i])
+    record_event('expired', n, user, ms(math.floor(tonumber(due[i + 1]) / 1000)))
+    members[#members + 1] = due[i]
+  end
+  redis.call('ZREM', due_key, unpack(members))
+  return #members
 end
 
 -- Drop up to `batch` index entries whose records have passed retention.
@@ -108,7 +160,7 @@ local function reclaim(batch)
   end
   if #members > 0 then redis.call('ZREM', old_exp, unpack(members)) end
   if #members < batch then
-    redis.call('UNLINK', root .. ':all:' .. old, old_exp)
+    redis.call('UNLINK', root .. ':all:' .. old, old_exp, root .. ':due:' .. old)
     redis.call('SREM', reclaim_key, old)
   end
   return #members
@@ -138,10 +190,12 @@ local function count_reveal(n, record)
   redis.call('HSET', rec_key(n), 'rl', record[9])
 end
 
-local function index_add(n, user, save_number, death)
+-- `expires` nil: no `due` entry (its expiry has been told already).
+local function index_add(n, user, save_number, death, expires)
   redis.call('ZADD', all_key, save_number, n)
   redis.call('ZADD', user_key(user), save_number, n)
   redis.call('ZADD', exp_key, ms(death), n .. ':' .. user)
+  if expires then redis.call('ZADD', due_key, ms(expires * 1000), n .. ':' .. user) end
 end
 
 local function save_fields(n, user, blob, preview, expires, save_number, death)
@@ -149,7 +203,17 @@ local function save_fields(n, user, blob, preview, expires, save_number, death)
   redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
              's', saved, 'o', save_number, 'g', gen)
   redis.call('PEXPIREAT', rec_key(n), ms(death))
-  index_add(n, user, save_number, death)
+  index_add(n, user, save_number, death, expires)
+end
+
+-- Delete a held record of this generation and all its index entries.
+local function unindex(n, user)
+  local member = n .. ':' .. user
+  redis.call('UNLINK', rec_key(n))
+  redis.call('ZREM', all_key, n)
+  redis.call('ZREM', user_key(user), n)
+  redis.call('ZREM', exp_key, member)
+  redis.call('ZREM', due_key, member)
 end
 
 -- One more encryption under the key that sealed `blob` (named by its '<key id>:' head):
@@ -209,15 +273,68 @@ end
 local function heal(user, foreign, batch)
   if batch > 0 and #foreign > 0 then redis.call('ZREM', user_key(user), unpack(foreign)) end
 end
+
+-- How many records too many `user` would hold, under `limit`, with one more saved: the
+-- size of their index less its dead entries (an entry naming another user's record
+-- counts until a walk passes over it). nil while more entries are dead than a save may
+-- locate (the caller answers CATCHING_UP; each save's prune brings that closer).
+local function excess_over(user, limit)
+  local index = user_key(user)
+  local size = redis.call('ZCARD', index)
+  if size < limit then return 0 end
+  local dead = dead_count()
+  if dead <= DEAD_WINDOW then
+    if dead > 0 then size = size - #dead_ranks(index, user) end
+    return size + 1 - limit
+  end
+  if size > WALK_BUDGET then return nil end
+  local foreign = {}
+  local records = walk(index, user, 0, size, size, size, true, foreign)
+  return #records + #foreign + 1 - limit
+end
+
+-- Evict `user`'s least recently saved records (lowest save numbers first), `excess` of
+-- them and at most WALK_BUDGET, with an `evicted` event each. Dead entries are passed
+-- over (pruning takes them); an entry naming another user's record leaves the index and
+-- counts as one gone.
+local function evict_oldest(user, excess)
+  local index = user_key(user)
+  excess = math.min(excess, WALK_BUDGET)
+  local passed, read = 0, 0
+  while excess > 0 and read < DEAD_WINDOW + WALK_BUDGET do
+    local numbers = redis.call('ZRANGE', index, passed, passed + excess + 15)
+    if #numbers == 0 then return end
+    for _, n in ipairs(numbers) do
+      read = read + 1
+      local record = load(n, true)
+      if record and record[2] == user then
+        unindex(n, user)
+        record_event('evicted', n, user, record[4])
+        excess = excess - 1
+      elseif record then
+        redis.call('ZREM', index, n)
+        excess = excess - 1
+      else
+        passed = passed + 1
+      end
+      if excess == 0 then return end
+    end
+  end
+end
 """
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       idempotency key hash ('' = none), request digests (space-separated, the first is
-#       stored), idempotency window (ms)
+#       stored), idempotency window (ms), records per user (0 = no limit), policy over it
+#       ('evict_oldest' | 'reject'), events maxlen
 # -> {CREATED, now, record} | {REPLAYED, then, record} | {IDEMPOTENCY_CONFLICT}
-#    | {ALREADY_EXPIRED} (CreateReply); error NUMBER_IN_USE
+#    | {ALREADY_EXPIRED} | {USER_LIMIT} | {CATCHING_UP} (CreateReply); error NUMBER_IN_USE
+# Events: `expired` for expiries due (DUE_BATCH at most), `evicted` per record evicted,
+# then `created`; none for a replay or a refusal.
 _CREATE = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
+local limit, batch = tonumber(ARGV[12]), tonumber(ARGV[8])
+events_maxlen = ARGV[14]
 count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
 local idem_key = nil
 if ARGV[9] ~= '' then
@@ -234,6 +351,16 @@ end
 local death = expires * 1000 + tonumber(ARGV[7])
 if death <= now then return {CreateReply.ALREADY_EXPIRED} end
 if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply(NUMBER_IN_USE) end
+expire_due(DUE_BATCH)
+prune(batch)
+if limit > 0 then
+  local excess = excess_over(user, limit)
+  if not excess then return {CreateReply.CATCHING_UP} end
+  if excess > 0 then
+    if ARGV[13] == 'reject' then return {CreateReply.USER_LIMIT} end
+    evict_oldest(user, excess)
+  end
+end
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
@@ -244,17 +371,21 @@ if idem_key then
              's', record[5], 'c', record[6], 'o', save_number)
   redis.call('PEXPIRE', idem_key, ARGV[11])
 end
-prune(tonumber(ARGV[8]))
-if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
+record_event('created', n, user, ARGV[6])
+if redis.call('EXISTS', reclaim_key) == 1 then reclaim(batch) end
 return {CreateReply.CREATED, now, record}
 """
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
-#       expected versions ('*' = any, else space-separated; none listed never matches)
+#       expected versions ('*' = any, else space-separated; none listed never matches),
+#       events maxlen
 # -> {REFRESHED, now, record} | {NOT_FOUND} | {PRECONDITION_FAILED, version}
 #    | {ALREADY_EXPIRED} (RefreshReply)
+# Events: `expired` for expiries due (DUE_BATCH at most, this record's included: it
+# expired before it was refreshed), then `refreshed`.
 _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
+events_maxlen = ARGV[10]
 count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
 local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
 if not held[1] or held[2] ~= gen or held[1] ~= user then return {RefreshReply.NOT_FOUND} end
@@ -267,8 +398,10 @@ if ARGV[9] ~= '*' and not string.find(' ' .. ARGV[9] .. ' ', ' ' .. held[3] .. '
 end
 local death = expires * 1000 + tonumber(ARGV[7])
 if death <= now then return {RefreshReply.ALREADY_EXPIRED} end
+expire_due(DUE_BATCH)
 local save_number = redis.call('INCR', root .. ':saves')
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
+record_event('refreshed', n, user, ARGV[6])
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
 return {RefreshReply.REFRESHED, now, load(n, false)}
@@ -366,48 +499,70 @@ for i = skip + 1, math.min(#records, skip + limit) do reply[#reply + 1] = record
 return reply
 """
 
-# ARGV: root, n -> 1 deleted | 0 not held
+# ARGV: root, n, events maxlen -> 1 deleted | 0 not held
+# Events: `expired` for expiries due (DUE_BATCH at most), then `deleted` when one was.
 _DELETE = """
 local n = ARGV[2]
-local held = redis.call('HMGET', rec_key(n), 'u', 'g')
+events_maxlen = ARGV[3]
+local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'e')
 if not held[1] or held[2] ~= gen then return 0 end
-redis.call('UNLINK', rec_key(n))
-redis.call('ZREM', all_key, n)
-redis.call('ZREM', user_key(held[1]), n)
-redis.call('ZREM', exp_key, n .. ':' .. held[1])
+expire_due(DUE_BATCH)
+unindex(n, held[1])
+record_event('deleted', n, held[1], held[3])
 return 1
 """
 
-# ARGV: root -> number of live records made invisible
+# ARGV: root, events maxlen -> number of live records made invisible
+# Events: `expired` for expiries due (DUE_BATCH at most), then one `cleared` with its count.
 _CLEAR_ALL = """
+events_maxlen = ARGV[2]
+expire_due(DUE_BATCH)
 local live = redis.call('ZCARD', all_key) - dead_count()
 redis.call('INCR', KEYS[1])
 if redis.call('EXISTS', exp_key) == 1 or redis.call('EXISTS', all_key) == 1 then
   redis.call('SADD', reclaim_key, gen)
 end
+emit('type', 'cleared', 'c', live)
 return live
 """
 
-# ARGV: root, user -> {number of live records deleted, foreign}
+# ARGV: root, user, record number to keep ('' = none), events maxlen
+# -> {CLEARED, number of live records deleted, foreign} | {KEEP_NOT_HELD} (ClearReply)
 #    foreign: numbers of entries naming another user's record (that record is left alone)
+# Events: `expired` for expiries due (DUE_BATCH at most), then one `cleared` with the user,
+# its count and the record kept (none when that is not held: nothing changed).
 _CLEAR_USER = """
-local user = ARGV[2]
+local user, keep = ARGV[2], ARGV[3]
+events_maxlen = ARGV[4]
+local kept = nil
+if keep ~= '' then
+  kept = load(keep, true)
+  if not kept or kept[2] ~= user then return {ClearReply.KEEP_NOT_HELD} end
+end
+expire_due(DUE_BATCH)
 local live, foreign = 0, {}
 for _, n in ipairs(redis.call('ZRANGE', user_key(user), 0, -1)) do
   local owner = redis.call('HGET', rec_key(n), 'u')
   if owner and owner ~= user then
     foreign[#foreign + 1] = n
-  else
+  elseif n ~= keep then
     local member = n .. ':' .. user
     local death = redis.call('ZSCORE', exp_key, member)
     if death and tonumber(death) > now then live = live + 1 end
     redis.call('UNLINK', rec_key(n))
     redis.call('ZREM', all_key, n)
     redis.call('ZREM', exp_key, member)
+    redis.call('ZREM', due_key, member)
   end
 end
 redis.call('UNLINK', user_key(user))
-return {live, foreign}
+if kept then
+  redis.call('ZADD', user_key(user), kept[7], keep)
+  emit('type', 'cleared', 'u', user, 'c', live, 'k', keep)
+else
+  emit('type', 'cleared', 'u', user, 'c', live)
+end
+return {ClearReply.CLEARED, live, foreign}
 """
 
 # ARGV: root, batch -> entries freed (0 when nothing is left to reclaim)
@@ -481,10 +636,14 @@ for i = 4, #ARGV do
       death = tonumber(held[4] or '0') * 1000 + retention
       if repair then redis.call('PEXPIREAT', rec_key(n), ms(death)) end
     end
+    -- A record whose expiry is still to come is due to be told.
+    local expires = tonumber(held[4] or '0')
+    if expires * 1000 <= now then expires = nil end
     if not redis.call('ZSCORE', all_key, n) or not redis.call('ZSCORE', user_key(user), n)
-        or not redis.call('ZSCORE', exp_key, n .. ':' .. user) then
+        or not redis.call('ZSCORE', exp_key, n .. ':' .. user)
+        or (expires and not redis.call('ZSCORE', due_key, n .. ':' .. user)) then
       unindexed = unindexed + 1
-      if repair then index_add(n, user, tonumber(held[3] or '0'), death) end
+      if repair then index_add(n, user, tonumber(held[3] or '0'), death, expires) end
     end
   end
 end
@@ -511,6 +670,84 @@ end
 return {#members, dangling}
 """
 
+# ARGV: root, after (a cursor; '' = from the oldest event held), limit, scan budget,
+#       user ('' = any), type ('' = any)
+# -> {READ, next cursor, cursor, fields, cursor, fields, ...} | {TRIMMED, oldest cursor held}
+#    (EventsReply). Without filters it reads `limit` entries; with them, at most the scan
+#    budget, and `next` is the last entry read: a filtered read never walks the stream
+#    without bound. A user filter also matches whole-store clears (they clear that user's
+#    records too). `after` older than the oldest entry held, once the stream has been
+#    trimmed, is TRIMMED: the reader may have missed events, and is told so.
+_EVENTS = """
+local after, limit, budget, user, kind = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local function older(a, b)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
+  return a_ms < b_ms or (a_ms == b_ms and tonumber(a_seq) < tonumber(b_seq))
+end
+local start = '-'
+if after ~= '' then
+  local first = redis.call('XRANGE', events_key, '-', '+', 'COUNT', 1)[1]
+  if first and older(after, first[1]) then
+    local info = redis.call('XINFO', 'STREAM', events_key)
+    local length, added = 0, nil
+    for i = 1, #info, 2 do
+      if info[i] == 'length' then length = info[i + 1] elseif info[i] == 'entries-added' then added = info[i + 1] end
+    end
+    -- Redis before 7.0 does not count entries added: then any older cursor is told.
+    if not added or added > length then return {EventsReply.TRIMMED, first[1]} end
+  end
+  start = '(' .. after
+end
+local filtered = user ~= '' or kind ~= ''
+local count = limit
+if filtered then count = budget end
+local reply = {EventsReply.READ, after}
+if after == '' then reply[2] = '0-0' end
+local matched = 0
+for _, entry in ipairs(redis.call('XRANGE', events_key, start, '+', 'COUNT', count)) do
+  reply[2] = entry[1]
+  local matches = true
+  if filtered then
+    local fields = {}
+    for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+    matches = (kind == '' or fields['type'] == kind) and (user == '' or fields['u'] == user or
+              (fields['type'] == 'cleared' and not fields['u']))
+  end
+  if matches then
+    reply[#reply + 1] = entry[1]
+    reply[#reply + 1] = entry[2]
+    matched = matched + 1
+    if matched == limit then break end
+  end
+end
+return reply
+"""
+
+# ARGV: root, holder, lease (ms), batch, events maxlen
+# -> {SWEPT, expiries told} | {NOT_HOLDER, 0} (SweepReply)
+# Takes or renews the sweeper lease (`{P}:sweeper`, a hash so that no SET is needed) and, while holding it, tells up to
+# `batch` expiries (`expire_due`). The lease only spares the other processes the work:
+# each expiry leaves `due` as it is told, so it is told once whoever runs this.
+_SWEEP = """
+local lease_key = root .. ':sweeper'
+local holder = redis.call('HGET', lease_key, 'h')
+if holder and holder ~= ARGV[2] then return {SweepReply.NOT_HOLDER, 0} end
+redis.call('HSET', lease_key, 'h', ARGV[2])
+redis.call('PEXPIRE', lease_key, ARGV[3])
+events_maxlen = ARGV[5]
+return {SweepReply.SWEPT, expire_due(tonumber(ARGV[4]))}
+"""
+
+# ARGV: root, holder -> 1 released | 0 held by another process (or by none)
+_RELEASE_SWEEPER = """
+local lease_key = root .. ':sweeper'
+if redis.call('HGET', lease_key, 'h') ~= ARGV[2] then return 0 end
+redis.call('DEL', lease_key)
+return 1
+"""
+
 SCRIPTS = {
     "create": _CREATE,
     "refresh": _REFRESH,
@@ -528,6 +765,9 @@ SCRIPTS = {
     "prune": _PRUNE,
     "check_records": _CHECK_RECORDS,
     "check_entries": _CHECK_ENTRIES,
+    "events": _EVENTS,
+    "sweep": _SWEEP,
+    "release_sweeper": _RELEASE_SWEEPER,
 }
 
 
@@ -537,4 +777,4 @@ def script_source(name: str) -> str:
 
 
 # Scripts that change records: with SESSIONSVC_MIN_REPLICAS_ACK they are followed by WAIT.
-WRITES = frozenset({"create", "refresh", "delete", "clear_all", "clear_user", "reseal"})
+WRITES = frozenset({"create", "refresh", "delete", "clear_all", "clear_user", "reseal", "sweep"})
