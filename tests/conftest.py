@@ -167,6 +167,7 @@ MARKED_MODULES = {
     "slow": {  # real gunicorns, fuzzing, property-based runs, benchmark smoke runs
         "test_schemathesis", "test_model", "test_bench", "test_service", "test_gunicorn_errors",
         "test_gunicorn_bodies", "test_deploy", "test_turns", "test_consistency", "test_cli",
+        "test_event_stream_gunicorn", "test_sweeper",
     },
 }
 
