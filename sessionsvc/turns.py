@@ -4,12 +4,9 @@ A gevent worker serves each connection in one greenlet, which runs until it wait
 I/O. When a client's next request is already in its socket and serving it waits on
 nothing, that greenlet serves request after request while the worker's other connections
 wait (16 keep-alive clients on /healthz: p99 0.3-0.5 s against a p50 of 0.4 ms,
-docs/benchmarks.md). Two places give the event loop a turn:
-
-- each Redis command, just before it is sent (``sessionsvc.store.client``): where
-  redis-py's readiness check used to give one by going through gevent's ``select.poll``;
-- each request that waited on nothing since the greenlet's previous one (``FairTurns``):
-  health checks, 404s, 422s.
+docs/benchmarks.md). Each Redis command gives the loop a turn through redis-py's
+readiness check (gevent's ``select.poll``), and ``FairTurns`` gives one to each request
+that waited on nothing since the greenlet's previous one: health checks, 404s, 422s.
 
 A turn is one pass of the loop: I/O polled, ready greenlets run, then this one resumes.
 Without gevent (sync and gthread workers, tests) nothing here does anything.
@@ -40,11 +37,6 @@ def make_turn_taker() -> Callable[[], None]:
             hub.wait(timer)
 
     return take_turn
-
-
-def turn_taker() -> Callable[[], None] | None:
-    """A turn taker under gevent, else None."""
-    return make_turn_taker() if gevent_patched() else None
 
 
 class FairTurns:
