@@ -1,8 +1,11 @@
-"""Taking turns under gevent (sessionsvc/turns.py): a greenlet lets the others run."""
+"""Taking turns under gevent (sessionsvc/turns.py): a request starts only once the worker's
+other ready greenlets have run, so no connection holds a worker. The same property through
+a real gunicorn gevent worker: test_service.py, 200 pipelined requests on one connection."""
 
 from __future__ import annotations
 
 import gevent
+import gevent.socket
 
 from sessionsvc.turns import FairTurns
 
@@ -26,15 +29,26 @@ def test_back_to_back_requests_on_one_greenlet_let_a_ready_greenlet_run_in_betwe
     assert ran == ["other connection", "second request"]
 
 
-def test_a_greenlet_that_waited_since_its_previous_request_takes_no_extra_turn():
+def test_a_request_starts_only_after_a_connection_with_input_waiting_has_been_served():
+    """The other connection's greenlet waits on its socket: it can run only once the event
+    loop has polled for I/O. A yield that runs queued callbacks and no poll
+    (``gevent.sleep(0)``) lets the busy connection serve dozens of requests first."""
     app, ran = FairTurns(answer), []
+    incoming, client = gevent.socket.socketpair()
 
-    def connection():
-        app({}, None)
-        gevent.sleep(0.001)  # waited (on Redis, say): the loop has turned meanwhile
-        gevent.spawn(ran.append, "other connection")
-        app({}, None)
-        ran.append("second request")
+    def other_connection():
+        incoming.recv(1)
+        ran.append("other connection")
 
-    gevent.spawn(connection).join()
-    assert ran == ["second request", "other connection"]
+    def busy_connection():
+        client.sendall(b"x")  # the other connection's request is in its socket
+        for _ in range(100):
+            app({}, None)
+            ran.append("request")
+
+    with incoming, client:
+        waiting = gevent.spawn(other_connection)
+        gevent.sleep(0.01)  # it waits on its socket
+        gevent.spawn(busy_connection).join()
+        waiting.join(timeout=5)
+    assert ran.index("other connection") == 0, f"{ran.index('other connection')} requests were served first"
