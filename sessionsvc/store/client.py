@@ -28,13 +28,10 @@ from redis.retry import Retry
 
 HEALTH_CHECK_SECONDS = 30
 
-# Replies meaning Redis cannot serve the command now; the kind names the reason. The
-# cluster kinds occur while the store's slot moves between masters or a master fails over.
-
-
-# Redis saying "not now" rather than "wrong". Typed errors first, most specific first
-# (BusyLoadingError and MaxConnectionsError are ConnectionErrors too); redis-py strips
-# the code from the message of the typed ones.
+# Redis saying "not now" rather than "wrong"; the kind names the reason. The cluster kinds
+# occur while the store's slot moves between masters or a master fails over. Typed errors
+# first, most specific first (BusyLoadingError and MaxConnectionsError are ConnectionErrors
+# too); redis-py strips the code from the message of the typed ones.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
     (MaxConnectionsError, "pool_exhausted"),
@@ -50,7 +47,6 @@ _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (RedisClusterException, "cluster"),
 )
 _UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS", "MISCONF")
-
 
 
 def unavailable_kind(error: Exception) -> str | None:
