@@ -2,23 +2,25 @@
 
 A gevent worker serves each connection in one greenlet, which runs until it waits on
 I/O. When a client's next request is already in its socket and serving it waits on
-nothing, that greenlet serves request after request while the worker's other connections
-wait (16 keep-alive clients on /healthz: p99 0.3-0.5 s against a p50 of 0.4 ms,
-docs/benchmarks.md). Two places give the event loop a turn:
+nothing (a health check, a 404, a 422), that greenlet would serve request after request
+while the worker's other connections wait. So every request starts with
+``gevent.idle()``: the greenlet waits until the event loop has polled for I/O and has
+nothing else ready to run. Requests that arrived meanwhile on other connections, and Redis
+replies that came back, are served first.
 
-- each Redis command, just before it is sent (``sessionsvc.store.client``): where
-  redis-py's readiness check used to give one by going through gevent's ``select.poll``;
-- each request that waited on nothing since the greenlet's previous one (``FairTurns``):
-  health checks, 404s, 422s.
+``gevent.sleep(0)`` would be the lighter yield, but it runs the callbacks already queued
+without polling for I/O: a connection whose requests never wait would still be served
+for about gevent's switch interval at a time before another connection's request is
+even seen.
 
-A turn is one pass of the loop: I/O polled, ready greenlets run, then this one resumes.
-Without gevent (sync and gthread workers, tests) nothing here does anything.
+Under sync and gthread workers (and in tests that do not patch) nothing is installed.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def gevent_patched() -> bool:
@@ -27,46 +29,18 @@ def gevent_patched() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def make_turn_taker() -> Callable[[], None]:
-    """A function that lets the event loop make one pass before the calling greenlet goes
-    on: a timer due at once (not ``gevent.sleep``: its zero runs no I/O, and any positive
-    time lets libev's epoll wait up to a millisecond). gevent is looked up here, once, not
-    on every turn."""
-    from gevent import get_hub
-
-    def take_turn() -> None:
-        hub = get_hub()
-        with hub.loop.timer(0) as timer:
-            hub.wait(timer)
-
-    return take_turn
-
-
-def turn_taker() -> Callable[[], None] | None:
-    """A turn taker under gevent, else None."""
-    return make_turn_taker() if gevent_patched() else None
-
-
 class FairTurns:
-    """Before a request, a turn of the loop unless the greenlet serving it has been
-    through the loop since its previous request (it waited on Redis, say), which most
-    have: then the request costs two attribute reads and no switch."""
+    """WSGI middleware: before a request is handled, every other greenlet of the worker
+    that is ready to run (another connection's request, a Redis reply) runs first."""
 
-    def __init__(self, wsgi_app):
-        from gevent import get_hub, getcurrent
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]):
+        from gevent import idle
 
         self.wsgi_app = wsgi_app
-        self._get_hub, self._getcurrent = get_hub, getcurrent
-        self._take_turn = make_turn_taker()
+        self.wait_for_the_others = idle
 
-    def __call__(self, environ, start_response):
-        current, loop = self._getcurrent(), self._get_hub().loop
-        # libev counts the loop's passes; where the loop does not (libuv), always turn.
-        passes = getattr(loop, "iteration", None)
-        if passes is None or getattr(current, "sessionsvc_loop_pass", None) == passes:
-            self._take_turn()
-            passes = getattr(loop, "iteration", None)
-        current.sessionsvc_loop_pass = passes
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        self.wait_for_the_others()
         return self.wsgi_app(environ, start_response)
 
 

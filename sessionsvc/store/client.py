@@ -5,12 +5,9 @@ Only the store package imports this module.
 
 from __future__ import annotations
 
-import select
-import sys
 from typing import Any
 
 import redis
-from redis._parsers import _HiredisParser
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
@@ -28,19 +25,13 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.utils import HIREDIS_AVAILABLE
-
-from ..turns import turn_taker
 
 HEALTH_CHECK_SECONDS = 30
 
-# Replies meaning Redis cannot serve the command now; the kind names the reason. The
-# cluster kinds occur while the store's slot moves between masters or a master fails over.
-
-
-# Redis saying "not now" rather than "wrong". Typed errors first, most specific first
-# (BusyLoadingError and MaxConnectionsError are ConnectionErrors too); redis-py strips
-# the code from the message of the typed ones.
+# Redis saying "not now" rather than "wrong"; the kind names the reason. The cluster kinds
+# occur while the store's slot moves between masters or a master fails over. Typed errors
+# first, most specific first (BusyLoadingError and MaxConnectionsError are ConnectionErrors
+# too); redis-py strips the code from the message of the typed ones.
 _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
     (BusyLoadingError, "loading"),
     (MaxConnectionsError, "pool_exhausted"),
@@ -58,7 +49,6 @@ _UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
 _UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "NOREPLICAS", "MISCONF")
 
 
-
 def unavailable_kind(error: Exception) -> str | None:
     for error_type, kind in _UNAVAILABLE:
         if isinstance(error, error_type):
@@ -71,48 +61,6 @@ def unavailable_kind(error: Exception) -> str | None:
             # A script touched a key whose slot is being migrated (Redis aborts it there).
             return "migrating"
     return None
-
-
-def _os_poll() -> Any:
-    """`select.poll` as the OS gives it, also where gevent has patched the select module
-    (None where there is none to be had: Windows, eventlet's green select)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        return monkey.get_original("select", "poll")
-    return getattr(select, "poll", None)
-
-
-class ReadinessCheckingParser(_HiredisParser):
-    """redis-py's hiredis parser with a cheaper check that a pooled connection is clean.
-
-    Before each command the pool asks the connection whether anything waits to be read
-    (``can_read(0)``: a reply left over, or the server gone). redis-py asks through
-    ``select.poll``, which under gevent is gevent's: io watchers started and stopped on the
-    event loop for one pass of it, ~20 µs a command under load (py-spy: ~6 % of a GET's
-    CPU). A zero-timeout poll never blocks, so the OS's own answers the usual case,
-    nothing buffered and nothing to read, in about a microsecond, and under gevent the
-    loop still gets its pass (``sessionsvc.turns``). Every other case (a buffered reply, a
-    readable socket, TLS with its own buffer, a timeout) goes to redis-py's check as
-    before."""
-
-    def __init__(self, socket_read_size: int):
-        super().__init__(socket_read_size)
-        self._os_poll = _os_poll()
-        self._take_turn = turn_taker()
-
-    def can_read(self, timeout: float = 0) -> bool:
-        sock, reader = self._sock, self._reader
-        if (
-            timeout == 0 and self._os_poll is not None and sock is not None and reader
-            and not hasattr(sock, "pending") and not reader.has_data()
-        ):
-            poller = self._os_poll()
-            poller.register(sock, select.POLLIN)
-            if not poller.poll(0):
-                if self._take_turn is not None:
-                    self._take_turn()
-                return False
-        return super().can_read(timeout)
 
 
 def _node_options(redis_url: str | None) -> dict[str, Any]:
@@ -159,8 +107,6 @@ def connect(
         "retry": Retry(NoBackoff(), 0),
         "max_connections": max_connections,
     }
-    if HIREDIS_AVAILABLE:
-        options["parser_class"] = ReadinessCheckingParser
     if redis_url is None and not sentinels:
         import fakeredis
 
