@@ -23,6 +23,7 @@ from .store import (
     AlreadyExpired,
     IdempotencyConflict,
     NotFound,
+    PageTooDeep,
     PreconditionFailed,
     StoreUnavailable,
 )
@@ -160,6 +161,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AlreadyExpired)
     def already_expired(error: AlreadyExpired):
         return error_body(422, MESSAGES[422], {"json": {"expires_at": ["Must be in the future."]}}), 422
+
+    @app.errorhandler(PageTooDeep)
+    def page_too_deep(error: PageTooDeep):
+        message = (
+            f"A page of the whole store may reach {error.max_depth} records deep (page × limit); "
+            "filter by user_id to read further."
+        )
+        return error_body(422, MESSAGES[422], {"query": {"page": [message]}}), 422
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(error: StoreUnavailable):

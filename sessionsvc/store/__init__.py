@@ -170,18 +170,25 @@ from .records import (
     IndexReport,
     NotFound,
     NumberInUse,
+    PageTooDeep,
     PreconditionFailed,
     Record,
+    ShardCountMismatch,
     StoreUnavailable,
     format_id,
     parse_id,
 )
 from .scripts import DEAD_WINDOW, WALK_BUDGET, script_source
+from .shards import MAX_GLOBAL_DEPTH, ShardedStore, check_shard_count, open_store, shard_of_user
+
+# What the vault talks to: one interface, whatever the number of shards.
+Store = TokenStore | ShardedStore
 
 __all__ = [
-    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "IdempotencyClaim", "IdempotencyConflict",
-    "IndexReport", "NotFound", "NumberInUse", "PreconditionFailed", "Record", "StoreUnavailable", "TokenStore",
-    "connect", "format_id", "parse_id",
+    "DEAD_WINDOW", "MAX_GLOBAL_DEPTH", "WALK_BUDGET", "AlreadyExpired", "Census", "IdempotencyClaim",
+    "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PageTooDeep", "PreconditionFailed", "Record",
+    "ShardCountMismatch", "ShardedStore", "Store", "StoreUnavailable", "TokenStore", "check_shard_count", "connect",
+    "format_id", "open_store", "parse_id", "shard_of_user",
     # The benchmark's same-work baseline (bench/) runs the store's own scripts with the
     # store's arguments: their text and the batch sizes are public for that, and only that.
     "ID_BLOCK", "OWNER_CACHE_SIZE", "PRUNE_BATCH", "script_source",

@@ -32,6 +32,23 @@ class IdempotencyConflict(Exception):
     """The idempotency key was already used, within its window, for a different request."""
 
 
+class PageTooDeep(Exception):
+    """A page of the whole sharded store reaching deeper than a global page may read."""
+
+    def __init__(self, max_depth: int):
+        super().__init__(f"a page of the whole store may reach {max_depth} records deep")
+        self.max_depth = max_depth
+
+
+class ShardCountMismatch(Exception):
+    """The store was created with another number of shards than this process is configured with."""
+
+    def __init__(self, configured: int, recorded: int):
+        super().__init__(f"configured with {configured} shards, the store has {recorded}")
+        self.configured = configured
+        self.recorded = recorded
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer in time or refused the command; the kind names the reason."""
 
