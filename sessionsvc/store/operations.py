@@ -4,7 +4,6 @@ and monitoring from ``maintenance``, record numbers from ``ids``."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Collection, Iterable, Sequence
@@ -130,7 +129,7 @@ class TokenStore(StoreMaintenance):
         own counter)."""
         key_hash, digests = "", ""
         if idempotency is not None:
-            key_hash = hashlib.sha256(idempotency.key.encode("utf-8")).hexdigest()
+            key_hash = idempotency.key_hash
             digests = " ".join(idempotency.digests)
         try:
             reply = self._run(

@@ -3,6 +3,7 @@ domain errors the API maps to HTTP (``sessionsvc.errors``)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -113,6 +114,11 @@ class IdempotencyClaim:
 
     key: str
     digests: tuple[str, ...]
+
+    @property
+    def key_hash(self) -> str:
+        """What names the key in Redis (``{P}:idem:<key hash>``): never the key itself."""
+        return hashlib.sha256(self.key.encode("utf-8")).hexdigest()
 
 
 # Called after every store operation: (operation, seconds, error kind or None).

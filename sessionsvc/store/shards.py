@@ -15,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .client import unavailable_kind
-from .maintenance import RECLAIM_BATCH
+from .maintenance import CENSUS_SAMPLE, RECLAIM_BATCH, SEALED_HEAD_BYTES
 from .operations import BULK_BATCH, PRUNE_BATCH, TokenStore
 from .records import (
     Census,
     IdempotencyClaim,
+    IdempotencyConflict,
     IndexReport,
     Observer,
     PageTooDeep,
@@ -132,15 +133,26 @@ class ShardedStore:
 
     # --- saves ---------------------------------------------------------------------
 
-    def _save_numbers(self, count: int = 1) -> int:
+    def _save_numbers(self, count: int = 1, also: Callable[[Any], Any] | None = None) -> tuple[int, list[Any]]:
         """The last of `count` new save numbers (INCRBY ``{P}:saves``; a repeat after a
-        failed connection only skips numbers)."""
-        key = self.root + ":saves"
-        if self._whole.min_replicas_ack:
-            return int(self._whole._attempt(
-                "save_number", lambda: self._whole._acknowledged(lambda pipe: pipe.incrby(key, count))
-            ))
-        return int(self._whole._attempt("save_number", lambda: self.client.incrby(key, count), retry=True))
+        failed connection only skips numbers), and the replies of what `also` queued on the
+        same pipeline (one round-trip per master). With ``min_replicas_ack`` the counter is
+        acknowledged by replicas, as the id counter is."""
+        key, wait = self.root + ":saves", self._whole.min_replicas_ack
+
+        def run() -> tuple[int, list[Any]]:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.incrby(key, count)
+                if also is not None:
+                    also(pipe)
+                if wait:
+                    pipe.wait(wait, self._whole.replica_ack_timeout_ms)
+                replies = pipe.execute()
+            if wait and replies.pop() < wait:
+                raise StoreUnavailable("replica_ack")
+            return int(replies[0]), replies[1:]
+
+        return self._whole._attempt("save_number", run, retry=True)
 
     def reserve_number(self, user_id: str | None = None) -> int:
         shard = shard_of_user(user_id or "", self.shard_count)
@@ -161,15 +173,28 @@ class ShardedStore:
         self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int,
         idempotency: IdempotencyClaim | None = None,
     ) -> Record:
-        return self._for_number(number).create(
-            number, user_id, sealed, preview, expires_at, idempotency, save_number=self._save_numbers()
-        )
+        shard = self._for_number(number)
+        if idempotency is None:
+            save_number, _ = self._save_numbers()
+        else:
+            # The shard's script checks the key atomically among that user's records; a key
+            # used for another user's record is held by another shard: looked for there in
+            # the same round-trip as the save number (a repeat of one request always goes to
+            # one shard, so retries stay exactly-once).
+            key_tail = ":idem:" + idempotency.key_hash
+            others = [other for other in self.shards if other is not shard]
+            save_number, held = self._save_numbers(
+                also=lambda pipe: [pipe.exists(other.root + key_tail) for other in others]
+            )
+            if any(held):
+                raise IdempotencyConflict()
+        return shard.create(number, user_id, sealed, preview, expires_at, idempotency, save_number=save_number)
 
     def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
         rows = list(rows)
         if not rows:
             return 0
-        last = self._save_numbers(len(rows))
+        last, _ = self._save_numbers(len(rows))
         by_shard: dict[int, tuple[list, list[int]]] = {}
         for save_number, row in enumerate(rows, start=last - len(rows) + 1):
             shard_rows, save_numbers = by_shard.setdefault(row[0] % self.shard_count, ([], []))
@@ -186,7 +211,7 @@ class ShardedStore:
         expected_versions: Collection[int] | None = None,
     ) -> Record:
         return self._for_number(number).refresh(
-            number, user_id, sealed, preview, expires_at, expected_versions, save_number=self._save_numbers()
+            number, user_id, sealed, preview, expires_at, expected_versions, save_number=self._save_numbers()[0]
         )
 
     # --- reads ---------------------------------------------------------------------
@@ -240,12 +265,13 @@ class ShardedStore:
             for shard, reply in zip(self.shards, replies, strict=True)
         ]
 
-    def _fan_out(self, name: str, primary_args: tuple, replica_args: tuple) -> list[Any]:
+    def _fan_out(self, name: str, primary_args: tuple, replica_args: tuple | None = None) -> list[Any]:
         """One read script on every shard in one pipeline (redis-py's cluster pipeline
-        sends each master its part at once, then reads the answers): each shard's reply,
-        or None for a shard that must be asked on its own (the script was not loaded
-        there, or a replica was catching up; its own call handles both)."""
-        on_replicas = self.replicas is not None
+        sends each master its part at once, then reads the answers), on the replicas when
+        reads go there and `replica_args` are given: each shard's reply, or None for a
+        shard that must be asked on its own (the script was not loaded there, or a replica
+        was catching up; its own call handles both)."""
+        on_replicas = self.replicas is not None and replica_args is not None
         client = self.replicas if on_replicas else self.client
         args = replica_args if on_replicas else primary_args
 
@@ -310,9 +336,14 @@ class ShardedStore:
         """Every shard runs the same scripts; on a Cluster SCRIPT LOAD reaches every master."""
         return self.shards[0].load_scripts()
 
-    def census(self, sample: int = 0) -> Census:
-        sample = sample or max(1, -(-200 // self.shard_count))
-        parts = [shard.census(sample) for shard in self.shards]
+    def census(self, sample: int = CENSUS_SAMPLE) -> Census:
+        """Every shard's census in one pipeline, added up; each shard samples its share."""
+        share = max(1, -(-sample // self.shard_count))
+        replies = self._fan_out("census", (share, SEALED_HEAD_BYTES))
+        parts = [
+            shard.census(share) if reply is None else shard._census_answer(reply)
+            for shard, reply in zip(self.shards, replies, strict=True)
+        ]
         encryptions: dict[str, int] = {}
         for part in parts:
             for key_id, count in part.encryptions.items():
