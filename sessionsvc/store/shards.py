@@ -20,9 +20,10 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from . import operations
 from .client import unavailable_kind
 from .maintenance import CENSUS_SAMPLE, RECLAIM_BATCH, SEALED_HEAD_BYTES
-from .operations import BULK_BATCH, PRUNE_BATCH, TokenStore
+from .operations import BULK_BATCH, TokenStore
 from .records import (
     Census,
     IdempotencyClaim,
@@ -238,7 +239,7 @@ class ShardedStore:
 
     def _every_current(self) -> list[Record | None]:
         """Each shard's most recently saved record (without its token)."""
-        replies = self._fan_out("current", ("", PRUNE_BATCH, "0"), ("", 0, "0"))
+        replies = self._fan_out("current", ("", operations.PRUNE_BATCH, "0"), ("", 0, "0"))
         return [
             shard.current() if reply is None else shard._current_answer("", reply)
             for shard, reply in zip(self.shards, replies, strict=True)
@@ -259,7 +260,7 @@ class ShardedStore:
 
     def _every_page(self, offset: int, limit: int) -> list[tuple[int, list[Record]]]:
         """Each shard's total and records from `offset` on (most recently saved first)."""
-        replies = self._fan_out("page", ("", offset, limit, PRUNE_BATCH), ("", offset, limit, 0))
+        replies = self._fan_out("page", ("", offset, limit, operations.PRUNE_BATCH), ("", offset, limit, 0))
         return [
             shard.page(offset, limit) if reply is None else shard._page_answer("", reply)
             for shard, reply in zip(self.shards, replies, strict=True)
