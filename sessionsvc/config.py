@@ -19,7 +19,7 @@ CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
 # 43 characters), and none of the example values shown in deploy/ and the README.
 MIN_SECRET_LENGTH = 32
 # Shards of one store (SESSIONSVC_SHARDS): a whole-store read asks every one of them.
-MAX_SHARDS = 1024
+MAX_SHARDS = 256
 EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "change_me", "key1", "key2", "<key>"})
 
 

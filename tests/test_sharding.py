@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import fakeredis
 import pytest
 import redis
+from redis.crc import key_slot
 
 from conftest import API, TEST_KEYS, future, record_key, redis_url, user_root
 from journeys import JWT, exercise_every_endpoint
@@ -233,7 +235,16 @@ def test_reshard_is_refused_with_the_reason_and_changes_nothing(server):
     assert app.test_client().get(API).json["pagination"]["total"] == 1
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "1025", "four"])
+@pytest.mark.parametrize("shards", [2, 4, 16, 64, 256])
+def test_each_shards_tag_hashes_into_its_own_share_of_the_cluster_slots(shards):
+    for shard in range(shards):
+        tag = shard_prefix("sessionsvc", shard, shards)
+        assert tag.startswith(f"sessionsvc/{shard}")
+        slot = key_slot(tag.encode())
+        assert shard * 16384 // shards <= slot < (shard + 1) * 16384 // shards
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "257", "four"])
 def test_a_shard_count_out_of_range_is_refused_naming_the_variable(value):
     with pytest.raises(ConfigError) as refused:
         Config.from_env({"SESSIONSVC_SHARDS": value}).check()
@@ -326,6 +337,8 @@ def test_a_store_of_16_shards_has_keys_on_every_master_and_every_endpoint_works(
         assert post(client, user, token=f"{JWT}.{user}").status_code == 201
     holding = [node.port for node in cluster.nodes if node.client().dbsize() > 0]
     assert len(holding) == len(cluster.nodes) == 3
+    per_master = Counter(cluster.owner(shard_slot(cluster, "wide", shard)).port for shard in range(16))
+    assert sorted(per_master.values()) in ([5, 5, 6], [4, 6, 6]), per_master  # spread as the slots are
     listed = client.get(API, query_string={"limit": 100}).json
     assert listed["pagination"]["total"] == len(USERS)
     assert client.get(f"{API}/current").json["token"] == f"{JWT}.{USERS[-1]}"

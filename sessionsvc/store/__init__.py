@@ -59,10 +59,14 @@ key                             type     content
 
 Sharding (``SESSIONSVC_SHARDS`` = S > 1)
 ----------------------------------------
-The store is S shard stores. Shard k has the prefix ``P/k``, so its keys are the table's
-under the hash tag ``{P/k}`` (``{P/k}:r:<n>``, ``{P/k}:all:G``, ``{P/k}:ids``, ...): one
-slot per shard, every script above unchanged and run on one shard. A '/' never occurs in
-a configured prefix, so no other store's tag can look like a shard's. Placement:
+The store is S shard stores. Shard k has the prefix ``P/k`` (or ``P/k.n``, see below),
+so its keys are the table's under the hash tag ``{P/k}`` (``{P/k}:r:<n>``,
+``{P/k}:all:G``, ``{P/k}:ids``, ...): one slot per shard, every script above unchanged and
+run on one shard. A '/' never occurs in a configured prefix, so no other store's tag can
+look like a shard's. The tag of shard k hashes into the k-th of S equal ranges of the
+16384 Cluster slots (``.n``: the smallest n that makes it so, when ``P/k`` does not), so
+a cluster whose slots are split evenly over its masters holds S/M shards on each.
+Placement:
 
 - a user's records, indexes and idempotency records are all in shard
   ``SHA-1(UTF-8 user id)[:8] mod S`` (big-endian), so per-user operations stay one script;

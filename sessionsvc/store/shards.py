@@ -12,12 +12,15 @@ hash of the user id), every operation that names a record to the shard its numbe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as CLUSTER_SLOTS
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from . import operations
@@ -49,10 +52,22 @@ TOTAL_ONLY_OFFSET = 10**15
 CURRENT_ATTEMPTS = 3
 
 
+@functools.cache
 def shard_prefix(key_prefix: str, shard: int, shards: int) -> str:
-    """The key prefix of one shard: the store's own with S = 1, else ``P/k``. A '/' never
-    occurs in a configured prefix, so no other store's keys can look like a shard's."""
-    return key_prefix if shards == 1 else f"{key_prefix}/{shard}"
+    """The key prefix of one shard: the store's own with S = 1, else ``P/k`` or, when that
+    tag's slot is not in the k-th of S equal ranges of the Cluster's slots, ``P/k.n`` with
+    the smallest n whose slot is. Shards so spread evenly over the slots, and so over the
+    masters of a cluster whose slots are split evenly (as ``redis-cli --cluster create``
+    and ``rebalance`` split them). A '/' never occurs in a configured prefix, so no other
+    store's keys can look like a shard's."""
+    if shards == 1:
+        return key_prefix
+    low, high = shard * CLUSTER_SLOTS // shards, (shard + 1) * CLUSTER_SLOTS // shards
+    for nonce in itertools.count():
+        candidate = f"{key_prefix}/{shard}" if nonce == 0 else f"{key_prefix}/{shard}.{nonce}"
+        if low <= key_slot(candidate.encode("utf-8")) < high:
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def shard_of_user(user_id: str, shards: int) -> int:
