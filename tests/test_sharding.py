@@ -331,8 +331,12 @@ def shard_slot(cluster: Cluster, prefix: str, shard: int, shards: int = 16) -> i
 
 
 def test_a_store_of_16_shards_has_keys_on_every_master_and_every_endpoint_works(cluster):
-    client = cluster_app(cluster, "wide").test_client()
+    app = cluster_app(cluster, "wide")
+    client = app.test_client()
     exercise_every_endpoint(client)
+    bulk = app.extensions["sessionsvc"].save_many([(user, JWT, int(time.time()) + 3600) for user in USERS])
+    assert client.get(f"{API}/{format_id(bulk[-1])}").json["token"] == JWT
+    assert client.delete(API).json["count"] == len(USERS)
     for user in USERS:
         assert post(client, user, token=f"{JWT}.{user}").status_code == 201
     holding = [node.port for node in cluster.nodes if node.client().dbsize() > 0]

@@ -133,8 +133,8 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
   different digest], INCR saves, HSET + PEXPIREAT record, ZADD x3, [HSET + PEXPIRE idem],
   prune. The check and the record happen in one script, so two processes racing with one
   key create one record.
-- bulk load (``create_many``): the create script per record, pipelined, one round-trip
-  per ``BULK_BATCH`` records.
+- bulk load (``create_many``): SCRIPT EXISTS (LOAD of any missing), then the create
+  script per record, pipelined, one round-trip per ``BULK_BATCH`` records.
 - refresh: GET gen, TIME, HINCRBY seals, HMGET (exists, same generation, owner, version), ZSCORE exp
   (not dead by the script's clock, to the millisecond), INCR saves,
   HSET + PEXPIREAT, ZADD x3 (same members, new scores), prune. The existence check and the

@@ -165,12 +165,12 @@ class TokenStore(StoreMaintenance):
         expires_at), pipelined in batches (one round-trip per batch). Returns the count.
         `save_numbers`: one per row, given by a sharded store (None: this store's counter)."""
         count = 0
+        self.load_scripts()
         pipe = self.client.pipeline(transaction=False)
         numbers = iter(save_numbers) if save_numbers is not None else itertools.repeat(None)
         for (number, user_id, sealed, preview, expires_at), save_number in zip(rows, numbers, strict=False):
-            args = [self.root, *self._create_args(number, user_id, sealed, preview, expires_at,
-                                                  save_number=save_number)]
-            self._scripts["create"](keys=self._keys, args=args, client=pipe)
+            self._queue(pipe, "create", *self._create_args(number, user_id, sealed, preview, expires_at,
+                                                           save_number=save_number))
             count += 1
             if count % batch == 0:
                 pipe.execute()

@@ -114,6 +114,14 @@ class ScriptRunner:
             )
         return self._attempt(name, lambda: script(keys=self._keys, args=argv), retry)
 
+    def _queue(self, pipe: Any, name: str, *args: Any, read_only: bool = False) -> None:
+        """One of the store's scripts queued on a pipeline by its SHA (EVALSHA, or
+        EVALSHA_RO). Through execute_command: redis-py's cluster pipeline refuses its
+        ``evalsha`` method, as it cannot load a missing script on a node; a caller that
+        meets NOSCRIPT in the replies loads the scripts or asks again on its own."""
+        command = "EVALSHA_RO" if read_only else "EVALSHA"
+        pipe.execute_command(command, self._scripts[name].sha, len(self._keys), *self._keys, self.root, *args)
+
     def _read(self, name: str, *args: Any) -> Any:
         """A read-only script on a replica (EVALSHA_RO). The caller passes arguments that
         make the script write nothing: no pruning, no reveal counting."""

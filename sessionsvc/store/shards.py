@@ -291,12 +291,10 @@ class ShardedStore:
         client = self.replicas if on_replicas else self.client
         args = replica_args if on_replicas else primary_args
 
-        command = "EVALSHA_RO" if on_replicas else "EVALSHA"
-
         def run() -> list[Any]:
             with client.pipeline(transaction=False) as pipe:
                 for shard in self.shards:
-                    _queue_script(pipe, command, shard, name, *args)
+                    shard._queue(pipe, name, *args, read_only=on_replicas)
                 return pipe.execute(raise_on_error=False)
 
         replies = self._whole._attempt(name, lambda: _raise_first(run()), retry=True)
@@ -320,7 +318,7 @@ class ShardedStore:
         def run() -> list[Any]:
             with self.client.pipeline(transaction=False) as pipe:
                 for shard in self.shards:
-                    _queue_script(pipe, "EVALSHA", shard, "clear_all")
+                    shard._queue(pipe, "clear_all")
                 if self._whole.min_replicas_ack:
                     pipe.wait(self._whole.min_replicas_ack, self._whole.replica_ack_timeout_ms)
                 replies = pipe.execute(raise_on_error=False)
@@ -388,14 +386,6 @@ class ShardedStore:
     def check_index(self, repair: bool = False, batch: int = 500) -> IndexReport:
         reports = [shard.check_index(repair, batch) for shard in self.shards]
         return IndexReport(*(sum(values) for values in zip(*(_fields(report) for report in reports), strict=True)))
-
-
-def _queue_script(pipe: Any, command: str, shard: TokenStore, name: str, *args: Any) -> None:
-    """One of a shard's scripts queued on a pipeline by its SHA. Through execute_command:
-    redis-py's cluster pipeline refuses its ``evalsha`` method, as it cannot load a missing
-    script on a node; here a shard that answers NOSCRIPT is asked again on its own, by its
-    own call, which loads it."""
-    pipe.execute_command(command, shard._scripts[name].sha, len(shard._keys), *shard._keys, shard.root, *args)
 
 
 def _fields(report: IndexReport) -> tuple[int, ...]:
