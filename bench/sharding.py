@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -126,25 +128,53 @@ def print_row(row: dict) -> None:
 # --- a 3-master cluster ---------------------------------------------------------------------
 
 
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus, contextlib.suppress(OSError):
+            bus.bind(("127.0.0.1", port + 10000))
+            return port
+    raise RuntimeError("no free port pair")
+
+
 @contextlib.contextmanager
 def cluster(workdir: Path, masters: int) -> Iterator[list[str]]:
     """`masters` redis-servers made one Cluster with redis-cli (slots split evenly)."""
-    with contextlib.ExitStack() as stack:
-        urls = []
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    processes, ports = [], []
+    try:
         for index in range(masters):
-            directory = workdir / f"node{index}"
+            directory, port = workdir / f"node{index}", cluster_port()
             directory.mkdir()
-            urls.append(stack.enter_context(redis_server(
-                directory, ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"))))
-        addresses = [url.removeprefix("redis://").removesuffix("/0") for url in urls]
-        subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
-        nodes = [redis.Redis.from_url(url) for url in urls]
+            processes.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(directory), "--logfile", str(directory / "redis.log"),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            ports.append(port)
+        nodes = [redis.Redis(port=port) for port in ports]
+        for node in nodes:
+            for _ in range(200):
+                with contextlib.suppress(redis.ConnectionError):
+                    if node.ping():
+                        break
+                time.sleep(0.05)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         for _ in range(200):
             if all(node.cluster("info")["cluster_state"] == "ok" for node in nodes):
                 break
             time.sleep(0.1)
-        yield urls
+        yield [f"redis://127.0.0.1:{port}/0" for port in ports]
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
 
 
 def mixed_workload(vault: TokenVault, numbers: list[int], users: int, operations: int,
