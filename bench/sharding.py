@@ -4,7 +4,8 @@ service's own vault on private redis-servers.
     .venv/bin/python bench/sharding.py [--records 20000] [--users 2000] [--shards 1,4,16,64]
 
 1. Whole-store reads as a function of S, on one redis-server: page 1 and the deepest page
-   allowed (offset + limit = MAX_GLOBAL_DEPTH), current and validity without a user; and,
+   allowed (offset + limit = max_global_depth(S)), and offset + limit = 1000 for comparison,
+   current and validity without a user; and,
    for comparison, the same for one user. Redis CPU per call (INFO cpu) and wall time per
    call, client included (each call is one pipelined round-trip, two for a whole-store
    current).
@@ -45,7 +46,7 @@ from bench.run import MIX, redis_server  # noqa: E402
 from sessionsvc import create_app  # noqa: E402
 from sessionsvc.config import Config  # noqa: E402
 from sessionsvc.crypto import generate_key  # noqa: E402
-from sessionsvc.store import MAX_GLOBAL_DEPTH, format_id  # noqa: E402
+from sessionsvc.store import format_id, max_global_depth  # noqa: E402
 from sessionsvc.vault import TokenVault  # noqa: E402
 
 KEYS = (generate_key("bench"),)
@@ -97,15 +98,18 @@ def costs_at(client: redis.Redis, url: str, shards: int, records: int, users: in
     bytes_per_record = (client.info("memory")["used_memory"] - memory_before) / records
     rng = random.Random(3)
     some_users = [f"user{rng.randrange(users):06d}" for _ in range(500)]
-    deepest_page = MAX_GLOBAL_DEPTH // 20
+    deepest_page = max_global_depth(shards) // 20
     reads = max(40, 2000 // shards)
     expires = int(time.time()) + 86400
     row = {
         "shards": shards,
         "bytes_per_record": bytes_per_record,
         "page 1 (whole store)": measure([client], reads, lambda _: vault.page(1, 20)),
-        f"page {deepest_page} (whole store, depth {MAX_GLOBAL_DEPTH})": measure(
+        f"page {deepest_page} (whole store, the deepest allowed)": measure(
             [client], max(10, reads // 10), lambda _: vault.page(deepest_page, 20)),
+        "depth 1000, what page 50 of 20 would read": measure(
+            [client], max(5, reads // 40),
+            lambda _: vault.store.page(980, 20) if shards == 1 else vault.store._every_page(0, 1000)),
         "current (whole store)": measure([client], reads, lambda _: vault.current()),
         "validity (whole store)": measure([client], reads, lambda _: vault.validity()),
         "validity (one user)": measure([client], 2000, lambda i: vault.validity(some_users[i % 500])),

@@ -23,7 +23,7 @@ from journeys import JWT, exercise_every_endpoint
 from redis_nodes import Cluster, SentinelGroup, need_binaries, nodes_stopped_afterwards, wait_until
 from sessionsvc import create_app
 from sessionsvc.config import Config, ConfigError
-from sessionsvc.store import MAX_GLOBAL_DEPTH, format_id, parse_id, shard_of_user
+from sessionsvc.store import format_id, max_global_depth, parse_id, shard_of_user
 from sessionsvc.store.shards import shard_prefix
 
 USERS = [f"user{index:02d}" for index in range(24)]
@@ -124,25 +124,27 @@ def test_a_whole_store_current_counts_one_reveal_on_its_own_record_only(server):
 
 
 def test_a_deep_whole_store_page_is_refused_with_a_422_naming_page_unless_past_the_end(server):
+    depth = max_global_depth(4)
+    assert (depth, max_global_depth(16), max_global_depth(64)) == (1000, 250, 100)  # page 1, limit 100: always
     client = app_on(server, 4).test_client()
     for user in USERS[:5]:
         post(client, user)
-    deepest = {"page": MAX_GLOBAL_DEPTH // 100, "limit": 100}
+    deepest = {"page": depth // 100, "limit": 100}
     assert client.get(API, query_string=deepest).json["data"] == []  # within the depth: past the end, empty
-    too_deep = {"page": MAX_GLOBAL_DEPTH // 100 + 1, "limit": 100}
+    too_deep = {"page": depth // 100 + 1, "limit": 100}
     far = client.get(API, query_string=too_deep)
     assert far.status_code == 200 and far.json == {"data": [], "pagination": {"page": 11, "limit": 100, "total": 5}}
 
     app = app_on(server, 4)
     app.extensions["sessionsvc"].save_many(
-        [(USERS[index % 3], f"{JWT}.{index}", int(time.time()) + 3600) for index in range(MAX_GLOBAL_DEPTH + 50)]
+        [(USERS[index % 3], f"{JWT}.{index}", int(time.time()) + 3600) for index in range(depth + 50)]
     )
     refused = app.test_client().get(API, query_string=too_deep)
     assert refused.status_code == 422
-    assert str(MAX_GLOBAL_DEPTH) in refused.json["errors"]["query"]["page"][0]
+    assert str(depth) in refused.json["errors"]["query"]["page"][0]
     assert "user_id" in refused.json["errors"]["query"]["page"][0]
     one_user = app.test_client().get(API, query_string={**too_deep, "user_id": USERS[0]})
-    assert one_user.status_code == 200 and one_user.json["pagination"]["total"] == (MAX_GLOBAL_DEPTH + 50) // 3 + 1
+    assert one_user.status_code == 200 and one_user.json["pagination"]["total"] == (depth + 50) // 3 + 1
 
 
 def test_clear_all_clears_every_shard_and_a_user_clear_only_theirs(server):

@@ -90,7 +90,8 @@ Commands that change with shards (the rest are routed to one shard and run as ab
   script (counting the reveal) on that shard: two round-trips.
 - page (whole store): the page script on every shard in one pipeline, for the shard's
   first offset + limit records, merged by save number; the total is the shards' totals
-  added up. offset + limit above ``MAX_GLOBAL_DEPTH`` is refused (``PageTooDeep``) unless
+  added up. offset + limit above ``max_global_depth(S)`` (``GLOBAL_PAGE_ENTRIES`` / S
+  entries from each shard, at least 100) is refused (``PageTooDeep``) unless
   the page lies past the end (asked with an offset past any store: totals only, at once).
 - clear (all): the clear-all script on every shard in one pipeline (O(1) each). Once it
   has answered no read returns a record saved before it; while that round-trip is in
@@ -227,16 +228,16 @@ from .records import (
     parse_id,
 )
 from .scripts import DEAD_WINDOW, WALK_BUDGET, script_source
-from .shards import MAX_GLOBAL_DEPTH, ShardedStore, check_shard_count, open_store, shard_of_user
+from .shards import ShardedStore, check_shard_count, max_global_depth, open_store, shard_of_user
 
 # What the vault talks to: one interface, whatever the number of shards.
 Store = TokenStore | ShardedStore
 
 __all__ = [
-    "DEAD_WINDOW", "MAX_GLOBAL_DEPTH", "WALK_BUDGET", "AlreadyExpired", "Census", "IdempotencyClaim",
+    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "IdempotencyClaim",
     "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PageTooDeep", "PreconditionFailed", "Record",
     "ShardCountMismatch", "ShardedStore", "Store", "StoreUnavailable", "TokenStore", "check_shard_count", "connect",
-    "format_id", "open_store", "parse_id", "shard_of_user",
+    "format_id", "max_global_depth", "open_store", "parse_id", "shard_of_user",
     # The benchmark's same-work baseline (bench/) runs the store's own scripts with the
     # store's arguments: their text and the batch sizes are public for that, and only that.
     "ID_BLOCK", "OWNER_CACHE_SIZE", "PRUNE_BATCH", "script_source",

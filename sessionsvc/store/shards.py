@@ -41,10 +41,19 @@ from .records import (
 from .runner import ScriptRunner
 from .scripts import LAYOUT, ReadReply
 
-# How deep a page of the whole store may reach (offset + limit) when it is sharded: such
-# a page reads that many entries from every shard. Deeper pages are refused, unless they
-# lie past the end (then they answer at once, empty).
-MAX_GLOBAL_DEPTH = 1000
+# A page of a sharded store without a user reads offset + limit entries from every shard:
+# its Redis work grows with S × (offset + limit) (bench/sharding.py). This many entries in
+# all bound it; a page that reaches deeper is refused, unless it lies past the end (then it
+# answers at once, empty). The largest page a request may ask for (limit 100) always fits:
+# page 1 answers at any S.
+GLOBAL_PAGE_ENTRIES = 4000
+LARGEST_PAGE = 100
+
+
+def max_global_depth(shards: int) -> int:
+    """How deep (offset + limit) a page of the whole store may reach with `shards` shards."""
+    return max(LARGEST_PAGE, GLOBAL_PAGE_ENTRIES // shards)
+
 # An offset past any store's size: a page script asked for it answers its total at once.
 TOTAL_ONLY_OFFSET = 10**15
 # A global current whose record is deleted between the fan-out and its reveal is looked
@@ -124,6 +133,7 @@ class ShardedStore:
         self.client = client
         self.replicas = replicas
         self.shard_count = shards
+        self.max_depth = max_global_depth(shards)
         self.shards = [
             TokenStore(client, shard_prefix(key_prefix, shard, shards), retention_seconds, observe=observe,
                        replicas=replicas, min_replicas_ack=min_replicas_ack,
@@ -264,11 +274,11 @@ class ShardedStore:
         if user_id:
             return self._for_user(user_id).page(offset, limit, user_id)
         depth = offset + limit
-        if depth > MAX_GLOBAL_DEPTH:
+        if depth > self.max_depth:
             total = sum(total for total, _ in self._every_page(TOTAL_ONLY_OFFSET, 1))
             if offset >= total:
                 return total, []
-            raise PageTooDeep(MAX_GLOBAL_DEPTH)
+            raise PageTooDeep(self.max_depth)
         pages = self._every_page(0, depth)
         merged = heapq.merge(*(records for _, records in pages), key=_save_order, reverse=True)
         return sum(total for total, _ in pages), list(itertools.islice(merged, offset, depth))
