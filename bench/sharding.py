@@ -12,11 +12,12 @@ service's own vault on private redis-servers.
 2. Saves: wall time and Redis CPU per POST-equivalent save at each S (S > 1 adds one
    round-trip: the store-wide save counter).
 3. Memory per record at each S (used_memory after loading, 800-character tokens).
-4. A 3-master Cluster (`redis-cli --cluster create`) holding one store of S = 16: the
-   mixed workload of bench/run.py (30 % validity, 25 % current, 15 % GET /<id>, 10 % list,
-   12 % POST, 8 % PUT), once per user (what a sharded store is for) and once as wrk.lua
-   sends it (current, validity and list of the whole store); Redis CPU of each master, its
-   share, the busiest against the mean, and operations per Redis CPU-second.
+4. The mixed workload of bench/run.py (30 % validity, 25 % current, 15 % GET /<id>, 10 %
+   list, 12 % POST, 8 % PUT), once per user (what a sharded store is for) and once as
+   wrk.lua sends it (current, validity and list of the whole store): at each S on the one
+   server, and on a 3-master Cluster (`redis-cli --cluster create`) holding one store of
+   S = 16, with the Redis CPU of each master, its share, the busiest against the mean, and
+   operations per Redis CPU-second.
 
 Starts its own redis-servers on free loopback ports and stops them; never touches another.
 """
@@ -50,6 +51,7 @@ from sessionsvc.store import format_id, max_global_depth  # noqa: E402
 from sessionsvc.vault import TokenVault  # noqa: E402
 
 KEYS = (generate_key("bench"),)
+MIX_KINDS = [kind for kind, weight in MIX for _ in range(weight)]
 BATCH = 500
 
 
@@ -116,6 +118,11 @@ def costs_at(client: redis.Redis, url: str, shards: int, records: int, users: in
         "page 1 (one user)": measure([client], 2000, lambda i: vault.page(1, 20, some_users[i % 500])),
         "GET /<id>": measure([client], 2000, lambda i: vault.reveal(format_id(numbers[(i * 7919) % records]))),
         "save (POST)": measure([client], 2000, lambda i: vault.save(some_users[i % 500], jwt_like(rng), expires)),
+        "mixed workload, per user": measure(
+            [client], 4000, lambda _: mixed_operation(vault, numbers, users, rng, whole_store=False)),
+        "mixed workload, as wrk.lua (whole store)": measure(
+            [client], max(200, 4000 // shards),
+            lambda _: mixed_operation(vault, numbers, users, rng, whole_store=True)),
     }
     print_row(row)
     return row
@@ -181,27 +188,25 @@ def cluster(workdir: Path, masters: int) -> Iterator[list[str]]:
             process.wait(10)
 
 
-def mixed_workload(vault: TokenVault, numbers: list[int], users: int, operations: int,
-                   whole_store: bool) -> None:
-    """The mix of bench/run.py through the vault: per user, or as wrk.lua sends it."""
-    rng = random.Random(13)
-    kinds = [kind for kind, weight in MIX for _ in range(weight)]
+def mixed_operation(vault: TokenVault, numbers: list[int], users: int, rng: random.Random,
+                    whole_store: bool) -> None:
+    """One operation of the mix of bench/run.py through the vault: per user, or as wrk.lua
+    sends it (current, validity and list of the whole store)."""
+    kind, user = rng.choice(MIX_KINDS), f"user{rng.randrange(users):06d}"
+    scope = None if whole_store else user
     expires = int(time.time()) + 86400
-    for _ in range(operations):
-        kind, user = rng.choice(kinds), f"user{rng.randrange(users):06d}"
-        scope = None if whole_store else user
-        if kind == "validity":
-            vault.validity(scope)
-        elif kind == "current":
-            vault.current(scope)
-        elif kind == "get_id":
-            vault.reveal(format_id(rng.choice(numbers)))
-        elif kind == "list":
-            vault.page(1, 20, scope)
-        elif kind == "post":
-            vault.save(user, jwt_like(rng), expires)
-        else:
-            vault.refresh(format_id(rng.choice(numbers)), jwt_like(rng), expires)
+    if kind == "validity":
+        vault.validity(scope)
+    elif kind == "current":
+        vault.current(scope)
+    elif kind == "get_id":
+        vault.reveal(format_id(rng.choice(numbers)))
+    elif kind == "list":
+        vault.page(1, 20, scope)
+    elif kind == "post":
+        vault.save(user, jwt_like(rng), expires)
+    else:
+        vault.refresh(format_id(rng.choice(numbers)), jwt_like(rng), expires)
 
 
 def cluster_balance(records: int, users: int, operations: int) -> dict:
@@ -214,8 +219,9 @@ def cluster_balance(records: int, users: int, operations: int) -> dict:
         for label, whole_store, count in (("per user", False, operations),
                                           ("whole store (as wrk.lua)", True, operations // 4)):
             before = [redis_cpu(master) for master in masters]
-            started = time.perf_counter()
-            mixed_workload(vault, numbers, users, count, whole_store)
+            started, rng = time.perf_counter(), random.Random(13)
+            for _ in range(count):
+                mixed_operation(vault, numbers, users, rng, whole_store)
             wall = time.perf_counter() - started
             cpu = [redis_cpu(master) - was for master, was in zip(masters, before, strict=True)]
             mean = statistics.mean(cpu)
