@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from flask import Flask
 
 from . import logs
-from .config import Config
+from .config import Config, shard_count_error
 from .crypto import generate_key
 
 log = logging.getLogger("sessionsvc")
@@ -47,7 +48,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
     from .eventstream import StreamSlots
     from .jsonprovider import OrjsonProvider
     from .ops import docs, health
-    from .store import TokenStore, connect
+    from .store import ShardCountMismatch, check_shard_count, connect, open_store
     from .sweeper import ExpirySweeper
     from .vault import TokenVault
 
@@ -86,10 +87,11 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
             "Tokens live in this one process and vanish when it stops. "
             "Set SESSIONSVC_REDIS_URL for anything but a local trial."
         )
-    store = TokenStore(
+    store = open_store(
         client,
         config.key_prefix,
         config.retention_seconds,
+        config.shards,
         idempotency_seconds=config.idempotency_seconds,
         replicas=replicas,
         min_replicas_ack=config.min_replicas_ack,
@@ -99,7 +101,16 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         events_maxlen=config.events_maxlen,
         observe=metrics.observe_store,
     )
-    app.extensions["sessionsvc"] = TokenVault(store, Cipher(keys))
+    vault = TokenVault(store, Cipher(keys), layout_check=partial(check_shard_count, client, config.key_prefix,
+                                                                config.shards))
+    try:
+        layout_checked = vault.check_layout()
+    except ShardCountMismatch as error:
+        raise shard_count_error(error.configured, error.recorded, config.key_prefix) from None
+    if not layout_checked:
+        log.warning("Redis did not answer at start-up: SESSIONSVC_SHARDS is checked against the store before "
+                    "the first write and by /readyz")
+    app.extensions["sessionsvc"] = vault
     app.extensions["sessionsvc.event_streams"] = StreamSlots(config.events_max_streams)
     if config.expiry_sweep:
         sweeper = ExpirySweeper(store)

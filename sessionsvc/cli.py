@@ -89,6 +89,20 @@ def register(app: Flask) -> None:
             raise _unavailable(error, "nothing was purged, or only part: run again") from None
         click.echo(f"purged {count} records of user {user_id}")
 
+    @app.cli.command("reshard")
+    @click.option("--to", "shards", required=True, type=click.IntRange(min=1), help="The number of shards wanted.")
+    def reshard_command(shards: int) -> None:
+        """Change the number of shards of the store: not supported (says why, changes nothing)."""
+        configured = current_app.config["SESSIONSVC"].shards
+        raise click.ClickException(
+            f"changing the number of shards ({configured} to {shards}) is not supported, and nothing was changed. "
+            "A record's id names its shard (its number mod S) and its token is sealed bound to that id, while a "
+            "user's records all live in the shard a hash of the user id picks (mod S): with another S most "
+            "users' records would have to move and take new ids, which their clients hold. To change S, start "
+            "a new store (another SESSIONSVC_KEY_PREFIX) with the new SESSIONSVC_SHARDS and let clients save "
+            "their tokens there; the old store's records expire."
+        )
+
     @app.cli.command("check-index")
     @click.option("--repair", is_flag=True, help="Fix what is found instead of only reporting it.")
     def check_index_command(repair: bool) -> None:

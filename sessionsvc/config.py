@@ -18,6 +18,8 @@ CORS_ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z")
 # Bearer keys and secrets production accepts: at least this long (`generate-api-key` prints
 # 43 characters), and none of the example values shown in deploy/ and the README.
 MIN_SECRET_LENGTH = 32
+# Shards of one store (SESSIONSVC_SHARDS): a whole-store read asks every one of them.
+MAX_SHARDS = 256
 EXAMPLE_SECRETS = frozenset({"change-me", "changeme", "change_me", "key1", "key2", "<key>"})
 USER_LIMIT_POLICIES = ("evict_oldest", "reject")
 
@@ -106,6 +108,7 @@ class Config:
         default=False, metadata={"env": "SESSIONSVC_ALLOW_PUBLIC", "parse": _bool}
     )
     key_prefix: str = field(default="sessionsvc", metadata={"env": "SESSIONSVC_KEY_PREFIX"})
+    shards: int = field(default=1, metadata={"env": "SESSIONSVC_SHARDS", "parse": _int})
     retention_seconds: int = field(
         default=86400, metadata={"env": "SESSIONSVC_RETENTION_SECONDS", "parse": _int}
     )
@@ -209,6 +212,11 @@ class Config:
                 "SESSIONSVC_KEY_PREFIX: 1-64 characters of letters, digits, '_', '.', ':' or '-' "
                 "(braces are added by the store to form the hash tag)"
             )
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(
+                f"SESSIONSVC_SHARDS: 1 to {MAX_SHARDS} shards of the store, fixed when it is first written; "
+                f"got {self.shards}"
+            )
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError(f"SESSIONSVC_LOG_FORMAT: expected auto, json or text, got {self.log_format!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -285,6 +293,15 @@ class Config:
                 "SESSIONSVC_REPLICA_ACK_TIMEOUT_MS: must be below SESSIONSVC_REDIS_TIMEOUT_SECONDS, "
                 "or the socket times out before WAIT answers"
             )
+
+
+def shard_count_error(configured: int, recorded: int, key_prefix: str) -> ConfigError:
+    """What a process configured with another number of shards than its store has says."""
+    return ConfigError(
+        f"SESSIONSVC_SHARDS: this process is configured with {configured} shard(s), but the store under "
+        f"SESSIONSVC_KEY_PREFIX={key_prefix!r} was created with {recorded}; set SESSIONSVC_SHARDS={recorded} "
+        "(the number of shards cannot change: record ids name their shard; see `flask --app wsgi reshard`)"
+    )
 
 
 def _check_limits(name: str, value: str) -> None:

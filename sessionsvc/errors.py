@@ -21,9 +21,11 @@ from .apidoc import marshmallow_plugin
 from .crypto import DecryptionError
 from .store import (
     AlreadyExpired,
+    EventsNeedUser,
     EventsTrimmed,
     IdempotencyConflict,
     NotFound,
+    PageTooDeep,
     PreconditionFailed,
     StoreUnavailable,
     UserLimitReached,
@@ -173,9 +175,22 @@ def register_error_handlers(app: Flask) -> None:
     def events_trimmed(error: EventsTrimmed):
         return error_body(410, ERROR_RESPONSES[410][1], {"oldest_cursor": error.oldest}), 410
 
+    @app.errorhandler(EventsNeedUser)
+    def events_need_user(error: EventsNeedUser):
+        message = "Required with SESSIONSVC_SHARDS above 1: events are read one user's shard at a time."
+        return error_body(422, MESSAGES[422], {"query": {"user_id": [message]}}), 422
+
     @app.errorhandler(AlreadyExpired)
     def already_expired(error: AlreadyExpired):
         return error_body(422, MESSAGES[422], {"json": {"expires_at": ["Must be in the future."]}}), 422
+
+    @app.errorhandler(PageTooDeep)
+    def page_too_deep(error: PageTooDeep):
+        message = (
+            f"A page of the whole store may reach {error.max_depth} records deep (page × limit); "
+            "filter by user_id to read further."
+        )
+        return error_body(422, MESSAGES[422], {"query": {"page": [message]}}), 422
 
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(error: StoreUnavailable):

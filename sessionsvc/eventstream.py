@@ -73,7 +73,7 @@ def event_stream(
             quiet_ms = (heartbeat_seconds - (now - last_write)) * 1000
             timeout_ms = int(max(1, min(wait_ms, (deadline - now) * 1000, quiet_ms)))
             try:
-                if not vault.wait_for_events(cursor, timeout_ms):
+                if not vault.wait_for_events(cursor, timeout_ms, user_id):
                     page = EventPage([], cursor)
                     continue
             except StoreUnavailable:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .crypto import Cipher, DecryptionError
@@ -19,8 +19,9 @@ from .store import (
     NotFound,
     NumberInUse,
     Record,
+    ShardCountMismatch,
+    Store,
     StoreUnavailable,
-    TokenStore,
     format_id,
     parse_id,
 )
@@ -93,9 +94,39 @@ class ReadinessCheck:
 
 
 class TokenVault:
-    def __init__(self, store: TokenStore, cipher: Cipher):
+    """`layout_check` compares the store's number of shards with this process's (raises
+    ShardCountMismatch, or StoreUnavailable when Redis does not answer): run once, before
+    the first write and by readiness, until Redis has answered it."""
+
+    def __init__(self, store: Store, cipher: Cipher, layout_check: Callable[[], None] | None = None):
         self.store = store
         self.cipher = cipher
+        self._layout_check = layout_check
+
+    def check_layout(self) -> bool:
+        """Whether the store's layout is known to match (False: Redis did not answer yet)."""
+        check = self._layout_check
+        if check is None:
+            return True
+        try:
+            check()
+        except StoreUnavailable:
+            return False
+        self._layout_check = None
+        return True
+
+    def _writable(self) -> None:
+        """Refuse to write into a store of another layout (found when Redis answers at last)."""
+        if self._layout_check is None:
+            return
+        try:
+            layout_checked = self.check_layout()
+        except ShardCountMismatch as error:
+            log.error("SESSIONSVC_SHARDS differs from the store's; refusing to write",
+                      extra={"configured_shards": error.configured, "store_shards": error.recorded})
+            raise StoreUnavailable("shard_count") from None
+        if not layout_checked:
+            raise StoreUnavailable("connection")
 
     def _number(self, record_id: str) -> int:
         number = parse_id(record_id)
@@ -118,8 +149,9 @@ class TokenVault:
         if idempotency_key is not None:
             digests = self.cipher.request_digests(user_id, token, str(expires_at))
             claim = IdempotencyClaim(f"{client}\x00{idempotency_key}", digests)
+        self._writable()
         for _ in range(3):
-            number = self.store.reserve_number()
+            number = self.store.reserve_number(user_id)
             sealed = self.cipher.seal(token, format_id(number), user_id)
             try:
                 return self.store.create(number, user_id, sealed, token_preview(token), expires_at, claim)
@@ -127,10 +159,11 @@ class TokenVault:
                 continue  # a failover lost the counter's last blocks; the store took a new one
         raise StoreUnavailable("number_in_use")
 
-    def save_many(self, entries: Sequence[tuple[str, str, int]]) -> range:
+    def save_many(self, entries: Sequence[tuple[str, str, int]]) -> Sequence[int]:
         """Bulk load (user id, token, expires_at) entries through the store's own create
         script, pipelined; returns their record numbers. No input checks: trusted callers."""
-        numbers = self.store.reserve_numbers(len(entries))
+        self._writable()
+        numbers = self.store.reserve_numbers([user_id for user_id, _, _ in entries])
         rows = (
             (number, user_id, self.cipher.seal(token, format_id(number), user_id), token_preview(token), expires_at)
             for number, (user_id, token, expires_at) in zip(numbers, entries, strict=True)
@@ -146,6 +179,7 @@ class TokenVault:
         expected_versions: Collection[int] | None = None,
     ) -> Record:
         number = self._number(record_id)
+        self._writable()
         user_id = self.store.owner(number)
         if user_id is None:
             raise NotFound(record_id)
@@ -169,12 +203,15 @@ class TokenVault:
         return self.store.page((page - 1) * limit, limit, user_id)
 
     def delete(self, record_id: str) -> None:
-        if not self.store.delete(self._number(record_id)):
+        number = self._number(record_id)
+        self._writable()
+        if not self.store.delete(number):
             raise NotFound(record_id)
 
     def clear(self, user_id: str | None = None, keep: str | None = None) -> int:
         """Clear every record, or one user's; with `keep` (a record id of that user), all
         of that user's but that one. NotFound when `keep` is not a held record of the user."""
+        self._writable()
         return self.store.clear(user_id, None if keep is None else self._number(keep))
 
     def events(
@@ -182,8 +219,8 @@ class TokenVault:
     ) -> EventPage:
         return self.store.events(after, limit, user_id, event_type)
 
-    def wait_for_events(self, after: str, timeout_ms: int) -> bool:
-        return self.store.wait_for_events(after, timeout_ms)
+    def wait_for_events(self, after: str, timeout_ms: int, user_id: str | None = None) -> bool:
+        return self.store.wait_for_events(after, timeout_ms, user_id)
 
     def reclaim(self) -> None:
         """Free what a clear left behind; run after the response, so failures only log."""
@@ -220,6 +257,7 @@ class TokenVault:
             return ReadinessCheck(redis=error.kind, scripts="unknown", key_id=key_id)
         try:
             self.store.load_scripts()
+            self._writable()
         except StoreUnavailable as error:
             return ReadinessCheck(redis="ok", scripts=error.kind, key_id=key_id)
         try:

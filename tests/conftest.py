@@ -18,6 +18,8 @@ from pytest_redis import factories
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.crypto import generate_key
+from sessionsvc.store import format_id, parse_id, shard_of_user
+from sessionsvc.store.shards import shard_prefix
 from sessionsvc.sweeper import ExpirySweeper
 
 # In CI the property-based tests replay a fixed sequence of examples, so a run's verdict
@@ -81,15 +83,67 @@ def redis_url(client: redis.Redis) -> str:
     return f"redis://{kwargs['host']}:{kwargs['port']}/0"
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+# Every API test runs on one store in one slot (S = 1, the layout before sharding) and on
+# a store sharded by user over four slots (SESSIONSVC_SHARDS=4).
+SHARDED = 4
+
+
+@pytest.fixture(params=["fakeredis", "redis", f"fakeredis-{SHARDED}shards", f"redis-{SHARDED}shards"])
 def backend(request) -> dict:
     """How to reach the store under test: an injected fakeredis client, or a URL of the
-    private redis-server (so the app builds its real client, timeouts and all)."""
-    if request.param == "fakeredis":
+    private redis-server (so the app builds its real client, timeouts and all); and the
+    number of shards of the store (a test parametrized with plain "fakeredis" or "redis"
+    runs on one)."""
+    kind, _, shards = request.param.partition("-")
+    shard_count = int(shards.removesuffix("shards") or 1)
+    if kind == "fakeredis":
         client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-        return {"kind": "fakeredis", "client": client, "url": None, "raw": client}
+        return {"kind": "fakeredis", "client": client, "url": None, "raw": client, "shards": shard_count}
     raw = request.getfixturevalue("real_redis")
-    return {"kind": "redis", "client": None, "url": redis_url(raw), "raw": raw}
+    return {"kind": "redis", "client": None, "url": redis_url(raw), "raw": raw, "shards": shard_count}
+
+
+@pytest.fixture
+def shards(backend) -> int:
+    """The number of shards of the store under test."""
+    return backend["shards"]
+
+
+def nth_id(shards: int, user_id: str, nth: int) -> str:
+    """The id of the `nth` record saved on a new store's shard of `user_id`: the shard's
+    counter times S, plus the shard (with S = 1: store_001, store_002, ...)."""
+    return format_id(nth * shards + shard_of_user(user_id, shards))
+
+
+def user_root(user_id: str, shards: int = 1, prefix: str = "sessionsvc") -> str:
+    """The hash tag of the shard that holds a user's records (`{sessionsvc}` with S = 1)."""
+    return "{" + shard_prefix(prefix, shard_of_user(user_id, shards), shards) + "}"
+
+
+def record_key(record_id: str, shards: int = 1, prefix: str = "sessionsvc") -> str:
+    """The Redis key of a record's hash, in the shard its number names."""
+    number = parse_id(record_id)
+    return "{" + shard_prefix(prefix, number % shards, shards) + "}:r:" + str(number)
+
+
+def every_shard(raw: redis.Redis, suffix: str, prefix: str = "sessionsvc") -> list[bytes]:
+    """The keys named `{<prefix>...}<suffix>` in any shard of the store (a glob suffix)."""
+    return sorted(raw.keys("{" + prefix + "}" + suffix) + raw.keys("{" + prefix + "/*}" + suffix))
+
+
+def summed_hash(raw: redis.Redis, suffix: str) -> dict[bytes, int]:
+    """A counting hash added up over every shard (``:seals``, say)."""
+    totals: dict[bytes, int] = {}
+    for key in every_shard(raw, suffix):
+        for field, value in raw.hgetall(key).items():
+            totals[field] = totals.get(field, 0) + int(value)
+    return totals
+
+
+@pytest.fixture
+def key_of(backend):
+    """The Redis key of a record (by its id) in the store under test."""
+    return lambda record_id: record_key(record_id, backend["shards"])
 
 
 @pytest.fixture
@@ -107,7 +161,8 @@ def make_app(backend, tmp_path):
     Redis commands or keys must not see its ticks, and sweeps can be driven directly."""
 
     def build(**overrides):
-        settings = {"encryption_keys": TEST_KEYS, "redis_url": backend["url"], "expiry_sweep": False, **overrides}
+        settings = {"encryption_keys": TEST_KEYS, "redis_url": backend["url"], "expiry_sweep": False,
+                    "shards": backend["shards"], **overrides}
         if backend["url"] is None:
             settings.pop("redis_url")
         app = create_app(Config(**settings), redis_client=backend["client"])

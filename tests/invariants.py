@@ -11,8 +11,20 @@ from typing import Any
 RECORD_FIELDS = (b"u", b"t", b"p", b"e", b"s", b"c", b"o", b"g")
 
 
+def shard_roots(raw: Any, root: str) -> list[str]:
+    """The hash tags of a store's shard stores: its own (`{P}`, the only one with S = 1),
+    and each `{P/k}` that holds keys."""
+    found = {key.decode().split("}", 1)[0] + "}" for key in raw.scan_iter(match=root[:-1] + "/*}:*", count=1000)}
+    return [root, *sorted(found)]
+
+
 def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
-    """Every inconsistency found (empty when the store is sound):
+    """Every inconsistency found in any shard of the store (see `shard_problems`)."""
+    return [problem for root in shard_roots(raw, "{" + prefix + "}") for problem in shard_problems(raw, root)]
+
+
+def shard_problems(raw: Any, root: str) -> list[str]:
+    """Every inconsistency found in one store's keys under `root` (empty when it is sound):
 
     - a record hash without a TTL, missing fields, or (in the current generation) missing
       from any of its three indexes, or indexed with the wrong score;
@@ -21,7 +33,6 @@ def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
     - a record whose expiry is still to come missing from ``due`` (or with another
       score), or a ``due`` entry of a record not held whose expiry is still to come.
     """
-    root = "{" + prefix + "}"
     generation = int(raw.get(f"{root}:gen") or 0)
     queued = {int(member) for member in raw.smembers(f"{root}:reclaim")}
     all_key, exp_key = f"{root}:all:{generation}", f"{root}:exp:{generation}"
@@ -95,6 +106,15 @@ def index_problems(raw: Any, prefix: str = "sessionsvc") -> list[str]:
 
 
 def check_store(raw: Any, root: str = "{sessionsvc}") -> dict[str, set[str]]:
+    """`check_shard` on every shard of the store; returns live numbers by user."""
+    by_user: dict[str, set[str]] = {}
+    for shard_root in shard_roots(raw, root):
+        for user, numbers in check_shard(raw, shard_root).items():
+            by_user.setdefault(user, set()).update(numbers)
+    return by_user
+
+
+def check_shard(raw: Any, root: str) -> dict[str, set[str]]:
     """Assert that every record of the current generation is in exactly its three indexes
     with a TTL, and every index entry points at a record; returns live numbers by user."""
     gen = (raw.get(f"{root}:gen") or b"0").decode()

@@ -151,11 +151,12 @@ class SentinelGroup:
 
 
 class Cluster:
-    """A Redis Cluster of masters created with `redis-cli --cluster create`."""
+    """A Redis Cluster of masters (each with `replicas` replicas) created with
+    `redis-cli --cluster create`."""
 
-    def __init__(self, directory: Path, started: list[RedisNode], masters: int = 3):
+    def __init__(self, directory: Path, started: list[RedisNode], masters: int = 3, replicas: int = 0):
         self.nodes = []
-        for index in range(masters):
+        for index in range(masters * (1 + replicas)):
             node = RedisNode(
                 directory, f"cluster{index}", "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
@@ -165,7 +166,7 @@ class Cluster:
             self.nodes.append(node)
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )
         wait_until(self._ready, timeout=20, what="the cluster to agree on its slots")
@@ -185,12 +186,20 @@ class Cluster:
         return node.client().cluster("myid").decode()
 
     def owner(self, slot: int) -> RedisNode:
-        """The master that serves `slot`, as the first node sees it."""
-        for start, end, primary, *_ in self.nodes[0].client().cluster("slots"):
+        """The master that serves `slot`, as the first live node sees it."""
+        for start, end, primary, *_ in self._live().client().cluster("slots"):
             if start <= slot <= end:
                 return next(node for node in self.nodes if node.port == int(primary[1]))
         raise AssertionError(f"no master owns slot {slot}")
 
+    def _live(self) -> RedisNode:
+        return next(node for node in self.nodes if node.process.poll() is None)
+
+    def masters(self) -> list[RedisNode]:
+        """The nodes serving slots now, as the first live node sees it."""
+        ports = {int(primary[1]) for _start, _end, primary, *_ in self._live().client().cluster("slots")}
+        return [node for node in self.nodes if node.port in ports]
+
     def slot_of(self, key: str) -> int:
-        return int(self.nodes[0].client().cluster("keyslot", key))
+        return int(self._live().client().cluster("keyslot", key))
 

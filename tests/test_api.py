@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import API, JWT, future, iso
+from conftest import API, JWT, future, iso, nth_id
 
 SUMMARY_FIELDS = ["id", "user_id", "token_preview", "expires_at", "is_valid", "saved_at"]
 
@@ -18,26 +18,28 @@ def total(client, **query) -> int:
 # --- POST ------------------------------------------------------------------------------
 
 
-def test_post_returns_201_summary_with_created_at_and_location(client):
+def test_post_returns_201_summary_with_created_at_and_location(client, shards):
     expires = future(3600)
     response = client.post(API, json={"user_id": "usr_9a2f31", "token": JWT, "expires_at": expires})
     assert response.status_code == 201
     body = response.json
     assert list(body) == SUMMARY_FIELDS + ["created_at"]
-    assert body["id"] == "store_001"
+    assert body["id"] == nth_id(shards, "usr_9a2f31", 1)  # store_001 in a store of one shard
     assert body["user_id"] == "usr_9a2f31"
     assert body["token_preview"] == "eyJhbGci...Q3Yk"
     assert body["expires_at"] == expires
     assert body["is_valid"] is True
     assert body["saved_at"] == body["created_at"]
-    assert response.headers["Location"] == f"{API}/store_001"
+    assert response.headers["Location"] == f"{API}/{body['id']}"
     assert "token" not in body
 
 
-def test_ids_are_sequential_zero_padded_and_never_reused_after_clear(client, save):
-    assert [save()["id"] for _ in range(3)] == ["store_001", "store_002", "store_003"]
+def test_ids_are_sequential_zero_padded_and_never_reused_after_clear(client, save, shards):
+    # One shard: store_001, store_002, ...; S shards: each shard's counter times S plus the shard.
+    user = "usr_9a2f31"
+    assert [save(user)["id"] for _ in range(3)] == [nth_id(shards, user, nth) for nth in (1, 2, 3)]
     client.delete(API)
-    assert save()["id"] == "store_004"
+    assert save(user)["id"] == nth_id(shards, user, 4)
 
 
 def test_timestamps_are_rfc3339_utc_whole_seconds(client, save):

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from conftest import API, TEST_KEYS, future
+from conftest import API, TEST_KEYS, future, summed_hash
 from sessionsvc.config import Config
 from sessionsvc.crypto import Cipher, DecryptionError, KeyFormatError, generate_key, parse_key
 
@@ -40,16 +40,19 @@ def test_plaintext_token_appears_nowhere_in_redis(client, save, raw):
     assert b"eyJhbGci...".replace(b"...", b"") in stored  # the preview is the only clear text
 
 
-def test_every_key_carries_the_store_hash_tag(save, raw):
+def test_every_key_carries_the_store_hash_tag(save, raw, shards):
     save()
     keys = raw.keys("*")
-    assert keys and all(key.startswith(b"{sessionsvc}:") for key in keys)
+    # One shard: the prefix's own tag; more: a tag per shard, each starting with the prefix
+    # (`{sessionsvc/3}`), and the store-wide keys under the prefix's own tag.
+    tags = (b"{sessionsvc}:",) if shards == 1 else (b"{sessionsvc}:", b"{sessionsvc/")
+    assert keys and all(key.startswith(tags) for key in keys)
 
 
-def test_a_ciphertext_copied_to_another_record_does_not_decrypt(client, save, raw):
+def test_a_ciphertext_copied_to_another_record_does_not_decrypt(client, save, raw, key_of):
     first, second = save(user_id="alice", token=CANARY), save(user_id="alice", token="other-token-value-123456")
-    blob = raw.hget("{sessionsvc}:r:1", "t")
-    raw.hset("{sessionsvc}:r:2", "t", blob)
+    blob = raw.hget(key_of(first["id"]), "t")
+    raw.hset(key_of(second["id"]), "t", blob)
     response = client.get(f"{API}/{second['id']}")
     assert response.status_code == 500
     assert response.is_json and set(response.json) == {"code", "status", "message"}
@@ -58,23 +61,23 @@ def test_a_ciphertext_copied_to_another_record_does_not_decrypt(client, save, ra
     assert client.get(f"{API}/{first['id']}").json["token"] == CANARY
 
 
-def test_changing_the_stored_user_breaks_decryption(client, save, raw):
+def test_changing_the_stored_user_breaks_decryption(client, save, raw, key_of):
     created = save(user_id="alice", token=CANARY)
-    raw.hset("{sessionsvc}:r:1", "u", "mallory")
+    raw.hset(key_of(created["id"]), "u", "mallory")
     assert client.get(f"{API}/{created['id']}").status_code == 500
 
 
-def test_a_tampered_ciphertext_fails_closed(client, save, raw):
+def test_a_tampered_ciphertext_fails_closed(client, save, raw, key_of):
     created = save(token=CANARY)
-    blob = bytearray(raw.hget("{sessionsvc}:r:1", "t"))
+    blob = bytearray(raw.hget(key_of(created["id"]), "t"))
     blob[-1] ^= 1
-    raw.hset("{sessionsvc}:r:1", "t", bytes(blob))
+    raw.hset(key_of(created["id"]), "t", bytes(blob))
     assert client.get(f"{API}/{created['id']}").status_code == 500
     assert client.get(f"{API}/current").status_code == 500
     assert client.get(API).status_code == 200  # listing never opens tokens
 
 
-def test_old_keys_still_decrypt_and_rotation_moves_every_record_to_the_new_key(backend, make_app, raw):
+def test_old_keys_still_decrypt_and_rotation_moves_every_record_to_the_new_key(backend, make_app, raw, key_of):
     old_app = make_app(encryption_keys=TEST_KEYS)
     old_client = old_app.test_client()
     ids = []
@@ -93,7 +96,7 @@ def test_old_keys_still_decrypt_and_rotation_moves_every_record_to_the_new_key(b
     assert "new: 0 records before, 7 after" in result.output
     assert "test: 7 records before, 0 after" in result.output
 
-    blobs = [raw.hget(f"{{sessionsvc}}:r:{index + 1}", "t") for index in range(7)]
+    blobs = [raw.hget(key_of(record_id), "t") for record_id in ids]
     assert all(blob.startswith(b"new:") for blob in blobs)
     new_only = make_app(encryption_keys=(new_key,)).test_client()
     assert [new_only.get(f"{API}/{record_id}").json["token"] for record_id in ids] == [
@@ -165,11 +168,11 @@ def test_every_seal_is_counted_per_key_id_in_redis_and_exported(backend, make_ap
     first = client.post(API, json={"user_id": "alice", "token": CANARY, "expires_at": future()}).json["id"]
     client.post(API, json={"user_id": "bob", "token": CANARY + "b", "expires_at": future()})
     client.put(f"{API}/{first}", json={"token": CANARY + "2", "expires_at": future()})
-    assert raw.hgetall("{sessionsvc}:seals") == {b"test": b"3"}
+    assert summed_hash(raw, ":seals") == {b"test": 3}
 
     rotated = make_app(encryption_keys=(generate_key("new"), *TEST_KEYS))
     assert rotated.test_cli_runner().invoke(args=["rotate-keys"]).exit_code == 0
-    assert raw.hgetall("{sessionsvc}:seals") == {b"test": b"3", b"new": b"2"}
+    assert summed_hash(raw, ":seals") == {b"test": 3, b"new": 2}
     body = rotated.test_client().get("/metrics").get_data(as_text=True)
     assert metric_value(body, "sessionsvc_encryptions_total", key_id="new") == 2
     assert metric_value(body, "sessionsvc_encryptions_total", key_id="test") == 3

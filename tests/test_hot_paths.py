@@ -3,8 +3,10 @@ PUT, the per-process cache of parsed query strings, and bulk loading."""
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import API, JWT, future
-from sessionsvc.store import TokenStore
+from sessionsvc.store import TokenStore, format_id, shard_of_user
 
 
 def evalsha_calls(raw) -> int:
@@ -46,14 +48,19 @@ def test_a_bad_query_is_refused_every_time_and_a_good_one_answers_fresh_data(cli
     assert client.get(API, query_string={"limit": "5"}).json["pagination"]["total"] == 2
 
 
-def test_bulk_loaded_records_read_back_like_saved_ones(client, vault):
-    numbers = vault.save_many([(f"user{index}", f"{JWT}.{index}", 4_000_000_000) for index in range(5)])
-    assert list(numbers) == [1, 2, 3, 4, 5]
-    assert client.get(f"{API}/store_003").json["token"] == f"{JWT}.2"
+def test_bulk_loaded_records_read_back_like_saved_ones(client, vault, shards):
+    users = [f"user{index}" for index in range(5)]
+    numbers = vault.save_many([(user, f"{JWT}.{index}", 4_000_000_000) for index, user in enumerate(users)])
+    if shards == 1:
+        assert list(numbers) == [1, 2, 3, 4, 5]
+    assert [number % shards for number in numbers] == [shard_of_user(user, shards) for user in users]
+    assert client.get(f"{API}/{format_id(numbers[2])}").json["token"] == f"{JWT}.2"
     listed = client.get(API).json
-    assert listed["pagination"]["total"] == 5 and [item["id"] for item in listed["data"]][0] == "store_005"
+    assert listed["pagination"]["total"] == 5
+    assert [item["id"] for item in listed["data"]] == [format_id(number) for number in reversed(numbers)]
 
 
+@pytest.mark.parametrize("backend", ["fakeredis"], indirect=True)  # the cache of one shard store
 def test_owner_cache_is_bounded(vault, monkeypatch):
     monkeypatch.setattr("sessionsvc.store.ids.OWNER_CACHE_SIZE", 3)
     store: TokenStore = vault.store

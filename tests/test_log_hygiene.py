@@ -35,7 +35,7 @@ def dead_redis_url() -> str:
         return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-def test_the_canary_token_never_leaves_except_where_it_is_asked_for(make_app, raw, caplog, capfd):
+def test_the_canary_token_never_leaves_except_where_it_is_asked_for(make_app, raw, key_of, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     auth = {"Authorization": f"Bearer {API_KEY}"}
     app = make_app(api_keys=(API_KEY,), rate_limit="1000/minute", cors_origins=("https://app.example.com",))
@@ -74,12 +74,12 @@ def test_the_canary_token_never_leaves_except_where_it_is_asked_for(make_app, ra
     call("canary as bearer 401", "get", API, headers={"Authorization": f"Bearer {CANARY}"})
     call("preflight", "options", API, headers={"Access-Control-Request-Method": "POST"})
     # Decrypt failures: the refreshed canary's ciphertext is damaged.
-    blob = raw.hget("{sessionsvc}:r:1", "t")
-    raw.hset("{sessionsvc}:r:1", "t", blob[:-1] + bytes([blob[-1] ^ 1]))
+    blob = raw.hget(key_of(created["id"]), "t")
+    raw.hset(key_of(created["id"]), "t", blob[:-1] + bytes([blob[-1] ^ 1]))
     call("GET /id tampered 500", "get", record)
     call("GET /current tampered 500", "get", f"{API}/current", query_string={"user_id": "canary-user"})
     rotate = app.test_cli_runner().invoke(args=["rotate-keys"])
-    raw.hset("{sessionsvc}:r:1", "t", blob)
+    raw.hset(key_of(created["id"]), "t", blob)
     # A Redis outage, every endpoint, with the canary in hand.
     dead = create_app(Config(encryption_keys=TEST_KEYS, redis_url=dead_redis_url(), api_keys=(API_KEY,),
                              rate_limit="1000/minute")).test_client()

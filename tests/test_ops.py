@@ -20,13 +20,14 @@ import fakeredis
 import pytest
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from conftest import API, TEST_KEYS, future
+from conftest import API, TEST_KEYS, future, user_root
 from redis_server import free_port
 from sessionsvc import create_app, metrics, ops
 from sessionsvc.apidoc import dated_examples
 from sessionsvc.config import Config
 from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable
 from sessionsvc.store import parse_id
+from sessionsvc.store.scripts import SCRIPTS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_ERRORS = {"401", "429", "503"}
@@ -52,7 +53,7 @@ def test_healthz_and_readyz_answer_json(client):
 def test_readyz_loads_scripts_redis_has_lost(client, raw):
     raw.script_flush()
     vault = client.application.extensions["sessionsvc"]
-    assert vault.store.load_scripts() == len(vault.store._scripts)
+    assert vault.store.load_scripts() == len(SCRIPTS)
     raw.script_flush()
     assert client.get("/readyz").json["scripts"] == "loaded"
     assert vault.store.load_scripts() == 0
@@ -85,7 +86,7 @@ def script_calls(raw) -> int:
     return sum(stats["calls"] for name, stats in raw.info("commandstats").items() if name.startswith("cmdstat_eval"))
 
 
-def test_repeated_scrapes_run_the_census_script_once_per_interval(app, backend, monkeypatch):
+def test_repeated_scrapes_run_the_census_script_once_per_interval(app, backend, shards, monkeypatch):
     census = counting(monkeypatch, app.extensions["sessionsvc"], "census")
     client = app.test_client()
     scripts_before = script_calls(backend["raw"]) if backend["kind"] == "redis" else None
@@ -93,7 +94,7 @@ def test_repeated_scrapes_run_the_census_script_once_per_interval(app, backend, 
         assert metric(client.get("/metrics").get_data(as_text=True), "sessionsvc_store_up") == 1
     assert len(census) == 1
     if scripts_before is not None:
-        assert script_calls(backend["raw"]) == scripts_before + 1
+        assert script_calls(backend["raw"]) == scripts_before + shards  # once on each shard
     later = ops.monotonic() + metrics.CENSUS_SECONDS
     monkeypatch.setattr(ops, "monotonic", lambda: later)
     assert metric(client.get("/metrics").get_data(as_text=True), "sessionsvc_records") == 0
@@ -101,13 +102,13 @@ def test_repeated_scrapes_run_the_census_script_once_per_interval(app, backend, 
 
 
 
-def test_metrics_count_requests_by_route_template_and_store_figures(client, save, raw):
+def test_metrics_count_requests_by_route_template_and_store_figures(client, save, raw, shards):
     first = save(user_id="usr_metrics")
     save(user_id="usr_metrics")
     client.get(f"{API}/{first['id']}")
     client.get(f"{API}/store_999")
     # An index entry whose death has passed is pruned (and counted) by the next save.
-    raw.zadd("{sessionsvc}:exp:0", {"77:usr_gone": 1})
+    raw.zadd(user_root("usr_other", shards) + ":exp:0", {"77:usr_gone": 1})
     save(user_id="usr_other")
 
     body = client.get("/metrics").get_data(as_text=True)

@@ -253,7 +253,7 @@ def test_unsafe_or_malformed_edge_settings_are_refused_naming_the_variable(setti
 # --- response headers --------------------------------------------------------------------
 
 
-def test_security_headers_on_success_and_on_every_kind_of_error(make_app, save, client, raw):
+def test_security_headers_on_success_and_on_every_kind_of_error(make_app, save, client, raw, key_of):
     created = save()
     auth_client = make_app(api_keys=(API_KEY,)).test_client()
     dead_client = create_app(Config(encryption_keys=TEST_KEYS, redis_url=closed_port_url())).test_client()
@@ -274,7 +274,7 @@ def test_security_headers_on_success_and_on_every_kind_of_error(make_app, save, 
         "429": limited.get(API),
         "503": dead_client.get(API),
     }
-    raw.hset("{sessionsvc}:r:1", "t", b"test:" + b"\x00" * 40)
+    raw.hset(key_of(created["id"]), "t", b"test:" + b"\x00" * 40)
     responses["500"] = client.get(f"{API}/{created['id']}")
     for name, response in responses.items():
         assert str(response.status_code) == name.split()[0], name
@@ -318,33 +318,30 @@ def test_without_an_allow_list_no_origin_is_answered(client):
 # --- failing closed ----------------------------------------------------------------------
 
 
-def tamper(raw, number: int) -> None:
-    blob = bytearray(raw.hget(f"{{sessionsvc}}:r:{number}", "t"))
+def tamper(raw, key: str) -> None:
+    blob = bytearray(raw.hget(key, "t"))
     blob[-3] ^= 0x40
-    raw.hset(f"{{sessionsvc}}:r:{number}", "t", bytes(blob))
-
-
-def swap(raw, number: int) -> None:
-    raw.hset(f"{{sessionsvc}}:r:{number}", "t", raw.hget(f"{{sessionsvc}}:r:{number + 1}", "t"))
+    raw.hset(key, "t", bytes(blob))
 
 
 @pytest.mark.parametrize("damage", ["tampered", "swapped", "key-removed"])
-def test_a_record_that_does_not_decrypt_is_a_generic_500_logged_by_ids_only(make_app, raw, caplog, damage):
+def test_a_record_that_does_not_decrypt_is_a_generic_500_logged_by_ids_only(make_app, raw, key_of, caplog, damage):
     writer = make_app()
     client = writer.test_client()
-    for index in range(2):
-        assert client.post(API, json={"user_id": "alice", "token": f"{TOKEN}-{index}",
-                                      "expires_at": future()}).status_code == 201
-    blob = raw.hget("{sessionsvc}:r:2", "t")
+    first, second = (client.post(API, json={"user_id": "alice", "token": f"{TOKEN}-{index}", "expires_at": future()})
+                     for index in range(2))
+    assert first.status_code == second.status_code == 201
+    first, second = first.json["id"], second.json["id"]
+    blob = raw.hget(key_of(second), "t")
     if damage == "tampered":
-        tamper(raw, 2)
+        tamper(raw, key_of(second))
     elif damage == "swapped":
-        raw.hset("{sessionsvc}:r:2", "t", raw.hget("{sessionsvc}:r:1", "t"))
+        raw.hset(key_of(second), "t", raw.hget(key_of(first), "t"))
     else:
         client = make_app(encryption_keys=(generate_key("fresh"),)).test_client()
     key_secret = TEST_KEYS[0].partition(":")[2]
     caplog.set_level(logging.DEBUG)
-    for path in (f"{API}/store_002", f"{API}/current"):  # store_002 is also the current record
+    for path in (f"{API}/{second}", f"{API}/current"):  # the second record is also the current one
         response = client.get(path)
         assert response.status_code == 500
         assert response.json == {"code": 500, "status": "Internal Server Error",
@@ -353,7 +350,7 @@ def test_a_record_that_does_not_decrypt_is_a_generic_500_logged_by_ids_only(make
         assert TOKEN.encode() not in body and blob[5:].hex().encode() not in body and b"test" not in body
     failures = [record for record in caplog.records if record.getMessage() == "stored token failed to decrypt"]
     assert len(failures) == 2
-    assert {(record.record_id, record.key_id) for record in failures} == {("store_002", "test")}
+    assert {(record.record_id, record.key_id) for record in failures} == {(second, "test")}
     logged = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
     assert TOKEN not in logged and key_secret not in logged and repr(blob[5:]) not in logged
     assert client.get(API).status_code == 200  # listing never opens a token
@@ -530,7 +527,7 @@ def test_rotation_leaves_a_record_it_cannot_decrypt_untouched_and_says_which(rea
     writer = old_app.test_client()
     for index in range(3):
         writer.post(API, json={"user_id": f"u{index}", "token": f"{TOKEN}{index}", "expires_at": future()})
-    tamper(real_redis, 2)
+    tamper(real_redis, "{sessionsvc}:r:2")
     damaged = real_redis.hget("{sessionsvc}:r:2", "t")
     new_key = generate_key("new")
     app = create_app(Config(encryption_keys=(new_key, TEST_KEYS[0]), redis_url=redis_url(real_redis)))

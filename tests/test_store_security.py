@@ -15,20 +15,30 @@ records for real. Command counts come from the real Redis's INFO commandstats.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 
 import pytest
 
-from conftest import API, TEST_KEYS, iso, redis_url
+from conftest import API, TEST_KEYS, every_shard, iso, record_key, redis_url, user_root
 from invariants import check_store
 from sessionsvc import create_app
 from sessionsvc.config import Config
-from sessionsvc.store import DEAD_WINDOW, PRUNE_BATCH, WALK_BUDGET, StoreUnavailable, TokenStore, format_id, parse_id
+from sessionsvc.store import (
+    DEAD_WINDOW,
+    PRUNE_BATCH,
+    WALK_BUDGET,
+    StoreUnavailable,
+    TokenStore,
+    format_id,
+    parse_id,
+    shard_of_user,
+)
 from sessionsvc.store import operations as store_operations
 
-ROOT = "{sessionsvc}"
+ROOT = "{sessionsvc}"  # the store-wide keys (and, with one shard, every key)
 PLANTED = 10**7  # record numbers of planted dead entries: far above any real record
 FAR_PAGE = {"page": 1_000_000, "limit": 100}
 
@@ -46,31 +56,41 @@ def save_many(app, entries: list[tuple[str, str, int]]) -> list[str]:
     return [format_id(number) for number in app.extensions["sessionsvc"].save_many(entries)]
 
 
-def plant_dead(raw, scores: list[float], users: list[str]) -> None:
+def plant_dead(raw, scores: list[float], users: list[str], shards: int = 1) -> None:
     """Index entries of records Redis has expired: in `all`, their user's index and `exp`
-    (death long past), with no record hash. `scores` place them in the save order."""
-    start = PLANTED + raw.zcard(f"{ROOT}:exp:0")
+    (death long past) of the user's shard, with no record hash. `scores` place them in the
+    save order."""
+    start = PLANTED + sum(raw.zcard(key) for key in every_shard(raw, ":exp:0"))
     pipe = raw.pipeline(transaction=False)
     for index, score in enumerate(scores):
         number, user = start + index, users[index % len(users)]
-        pipe.zadd(f"{ROOT}:all:0", {number: score})
-        pipe.zadd(f"{ROOT}:u:0:{user}", {number: score})
-        pipe.zadd(f"{ROOT}:exp:0", {f"{number}:{user}": 1000 + index})
+        root = user_root(user, shards)
+        pipe.zadd(f"{root}:all:0", {number: score})
+        pipe.zadd(f"{root}:u:0:{user}", {number: score})
+        pipe.zadd(f"{root}:exp:0", {f"{number}:{user}": 1000 + index})
     pipe.execute()
 
 
 def dead_left(raw) -> int:
-    return raw.zcard(f"{ROOT}:exp:0") - sum(1 for _ in raw.scan_iter(match=f"{ROOT}:r:*"))
+    return sum(raw.zcard(key) for key in every_shard(raw, ":exp:0")) - len(every_shard(raw, ":r:*"))
 
 
 def top_score(raw) -> int:
+    """The last save number given (by the store's counter; with shards, the store-wide one)."""
     return int(raw.get(f"{ROOT}:saves") or 0)
 
 
-def plant_foreign(raw, user: str, record_id: str, score: float) -> None:
+def plant_foreign(raw, user: str, record_id: str, score: float, shards: int = 1) -> None:
     """What an attacker with write access to Redis but no keys could do: name another user's
     record in `user`'s index."""
-    raw.zadd(f"{ROOT}:u:0:{user}", {parse_id(record_id): score})
+    raw.zadd(f"{user_root(user, shards)}:u:0:{user}", {parse_id(record_id): score})
+
+
+def shard_mate(user: str, name: str, shards: int) -> str:
+    """`name`, or the first `name-<n>` whose records share `user`'s shard: an index entry can
+    name only a record of its own slot (one of another shard is simply not held there)."""
+    candidates = itertools.chain([name], (f"{name}-{n}" for n in itertools.count(1)))
+    return next(c for c in candidates if shard_of_user(c, shards) == shard_of_user(user, shards))
 
 
 def listing(client, **query) -> tuple[list[str], int]:
@@ -107,25 +127,27 @@ def make_real_app(real_redis, tmp_path):
 # --- the owner check ---------------------------------------------------------------------
 
 
-def test_current_and_validity_for_a_user_pass_over_an_entry_naming_another_users_record(client, raw, save):
+def test_current_and_validity_for_a_user_pass_over_an_entry_naming_another_users_record(client, raw, save, shards):
+    bob_user = shard_mate("alice", "bob", shards)
     alice = save("alice", token="alice-token-000000000000000", expires_in=600)
-    bob = save("bob", token="bob-token-00000000000000000", expires_in=7200)
-    alice_index = f"{ROOT}:u:0:alice"
+    bob = save(bob_user, token="bob-token-00000000000000000", expires_in=7200)
+    alice_index = f"{user_root('alice', shards)}:u:0:alice"
     for path in ("current", "validity"):
-        plant_foreign(raw, "alice", bob["id"], top_score(raw) + 10)
+        plant_foreign(raw, "alice", bob["id"], top_score(raw) + 10, shards)
         body = client.get(f"{API}/{path}", query_string={"user_id": "alice"}).json
         assert body["expires_at"] == alice["expires_at"], path
         if path == "current":
             assert body["token"] == "alice-token-000000000000000"
         assert raw.zscore(alice_index, parse_id(bob["id"])) is None, "the primary drops the foreign entry"
-    assert client.get(f"{API}/current", query_string={"user_id": "bob"}).json["token"] == "bob-token-00000000000000000"
-    assert check_store(raw) == {"alice": {str(parse_id(alice["id"]))}, "bob": {str(parse_id(bob["id"]))}}
+    current_of_bob = client.get(f"{API}/current", query_string={"user_id": bob_user}).json
+    assert current_of_bob["token"] == "bob-token-00000000000000000"
+    assert check_store(raw) == {"alice": {str(parse_id(alice["id"]))}, bob_user: {str(parse_id(bob["id"]))}}
 
 
-def test_a_user_whose_index_names_only_another_users_record_has_no_current_token(client, raw, save):
-    bob = save("bob", token="bob-token-00000000000000000")
+def test_a_user_whose_index_names_only_another_users_record_has_no_current_token(client, raw, save, shards):
+    bob = save(shard_mate("mallory", "bob", shards), token="bob-token-00000000000000000")
     for path in ("current", "validity", ""):
-        plant_foreign(raw, "mallory", bob["id"], top_score(raw) + 1)
+        plant_foreign(raw, "mallory", bob["id"], top_score(raw) + 1, shards)
         response = client.get(f"{API}/{path}".rstrip("/"), query_string={"user_id": "mallory"})
         if path == "current":
             assert response.status_code == 404
@@ -133,48 +155,51 @@ def test_a_user_whose_index_names_only_another_users_record_has_no_current_token
             assert response.json == {"is_valid": False, "expires_at": None, "seconds_remaining": 0}
         else:
             assert response.json["data"] == [] and response.json["pagination"]["total"] == 0
-    assert raw.exists(f"{ROOT}:u:0:mallory") == 0
+    assert raw.exists(f"{user_root('mallory', shards)}:u:0:mallory") == 0
 
 
-def test_a_users_listing_shows_only_their_records_with_a_consistent_total(client, raw, save):
+def test_a_users_listing_shows_only_their_records_with_a_consistent_total(client, raw, save, shards):
+    bob_user, alice_index = shard_mate("alice", "bob", shards), f"{user_root('alice', shards)}:u:0:alice"
     alice = [save("alice", token=f"alice-token-{index}-000000000000")["id"] for index in range(3)]
-    bob = [save("bob", token=f"bob-token-{index}-00000000000000")["id"] for index in range(2)]
-    plant_foreign(raw, "alice", bob[0], top_score(raw) + 5)  # above all of alice's
-    plant_foreign(raw, "alice", bob[1], raw.zscore(f"{ROOT}:u:0:alice", parse_id(alice[1])) + 0.5)  # among them
+    bob = [save(bob_user, token=f"bob-token-{index}-00000000000000")["id"] for index in range(2)]
+    plant_foreign(raw, "alice", bob[0], top_score(raw) + 5, shards)  # above all of alice's
+    plant_foreign(raw, "alice", bob[1], raw.zscore(alice_index, parse_id(alice[1])) + 0.5, shards)  # among them
 
     assert listing(client, user_id="alice") == (alice[::-1], 3)
-    assert {int(n) for n in raw.zrange(f"{ROOT}:u:0:alice", 0, -1)} == {parse_id(i) for i in alice}
+    assert {int(n) for n in raw.zrange(alice_index, 0, -1)} == {parse_id(i) for i in alice}
     assert listing(client, user_id="alice", limit=2) == (alice[:0:-1], 3)
     assert listing(client, user_id="alice", limit=2, page=2) == (alice[:1], 3)
-    assert listing(client, user_id="bob") == (bob[::-1], 2)
+    assert listing(client, user_id=bob_user) == (bob[::-1], 2)
     assert listing(client) == ((alice + bob)[::-1], 5)
     check_store(raw)
 
 
-def test_clearing_a_user_never_deletes_another_users_record_named_in_their_index(client, raw, save):
+def test_clearing_a_user_never_deletes_another_users_record_named_in_their_index(client, raw, save, shards):
+    bob_user = shard_mate("alice", "bob", shards)
     alice = save("alice", token="alice-token-000000000000000")
-    bob = save("bob", token="bob-token-00000000000000000")
-    plant_foreign(raw, "alice", bob["id"], top_score(raw) + 1)
+    bob = save(bob_user, token="bob-token-00000000000000000")
+    plant_foreign(raw, "alice", bob["id"], top_score(raw) + 1, shards)
 
     cleared = client.delete(API, query_string={"user_id": "alice"})
     assert cleared.status_code == 200 and cleared.json["count"] == 1
     assert client.get(f"{API}/{alice['id']}").status_code == 404
     assert client.get(f"{API}/{bob['id']}").json["token"] == "bob-token-00000000000000000"
-    assert client.get(f"{API}/current", query_string={"user_id": "bob"}).json["token"] == "bob-token-00000000000000000"
+    current_of_bob = client.get(f"{API}/current", query_string={"user_id": bob_user}).json
+    assert current_of_bob["token"] == "bob-token-00000000000000000"
     assert listing(client) == ([bob["id"]], 1)
-    assert raw.exists(f"{ROOT}:u:0:alice") == 0
+    assert raw.exists(f"{user_root('alice', shards)}:u:0:alice") == 0
     check_store(raw)
 
 
-def test_a_skipped_entry_is_logged_by_ids_never_with_the_token(client, raw, save, caplog):
+def test_a_skipped_entry_is_logged_by_ids_never_with_the_token(client, raw, save, shards, caplog):
     caplog.set_level(logging.DEBUG)
     save("alice", token="alice-token-000000000000000")
     secret = "bob-secret-token-never-logged-00000"
-    bob = save("bob", token=secret)
-    sealed = raw.hget(f"{ROOT}:r:{parse_id(bob['id'])}", "t")
+    bob = save(shard_mate("alice", "bob", shards), token=secret)
+    sealed = raw.hget(record_key(bob["id"], shards), "t")
     requests = [("get", f"{API}/current"), ("get", f"{API}/validity"), ("get", API), ("delete", API)]
     for method, path in requests:
-        plant_foreign(raw, "alice", bob["id"], top_score(raw) + 1)
+        plant_foreign(raw, "alice", bob["id"], top_score(raw) + 1, shards)
         assert getattr(client, method)(path, query_string={"user_id": "alice"}).status_code == 200
 
     skipped = [record for record in caplog.records if getattr(record, "event", None) == "foreign_index_entry"]
@@ -285,7 +310,7 @@ def test_a_deep_or_far_page_reads_only_its_own_entries_however_large_the_store(m
     assert deep_user.get("zrevrange") == 1 and deep_user.get("hmget", 0) <= 20 + 8, deep_user
 
 
-def test_past_the_dead_window_a_read_answers_exactly_or_503_and_retries_converge(make_app, raw):
+def test_past_the_dead_window_a_read_answers_exactly_or_503_and_retries_converge(make_app, raw, shards):
     app = make_app()
     client = app.test_client()
     alice = save_many(app, [("alice", token(index, "alice"), far_future()) for index in range(30)])
@@ -293,7 +318,7 @@ def test_past_the_dead_window_a_read_answers_exactly_or_503_and_retries_converge
     # Dead entries above every live record: enough that five requests' prunes leave more
     # than WALK_BUDGET (the walk's limit) still waiting.
     planted = 5 * PRUNE_BATCH + DEAD_WINDOW + WALK_BUDGET
-    plant_dead(raw, [top_score(raw) + 1 + index for index in range(planted)], ["ghost"])
+    plant_dead(raw, [top_score(raw) + 1 + index for index in range(planted)], ["ghost"], shards)
     newest_first = (alice + bob)[::-1]
 
     assert listing(client, **FAR_PAGE) == ([], 40), "the whole-store total stays exact"

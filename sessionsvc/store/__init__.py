@@ -10,7 +10,8 @@ keys, the commands of every operation, the topologies and the failures. The code
 - ``runner``: running a script: retries, replica reads, WAIT for replica acks;
 - ``ids``: record numbers reserved in blocks, and the per-process owner cache;
 - ``scripts``: the Lua, and the codes its replies start with;
-- ``client``: Redis clients per topology, and which failures mean "not now".
+- ``client``: Redis clients per topology, and which failures mean "not now";
+- ``shards``: one store over S shard stores (``ShardedStore``), and ``open_store``.
 
 Key layout
 ----------
@@ -60,6 +61,10 @@ key                             type     content
 ``{P}:sweeper``                 hash     the expiry sweeper's lease: ``h`` the holder's
                                          random name. PEXPIRE = the lease (3 s), renewed
                                          by its holder at every tick.
+``{P}:layout``                  hash     ``shards``: the store's number of shards S, written
+                                         once (HSET when absent) by the first process to
+                                         start; absent in a store written before sharding
+                                         (its ``ids`` exists: S = 1)
 ``{P}:slot-guard``              (none)   never written; declared by every script so that
                                          Redis refuses (TRYAGAIN) to run one while the
                                          store's slot is half-migrated between masters
@@ -70,6 +75,50 @@ key                             type     content
                                          created record's ``n u p e s c o`` as answered.
                                          PEXPIRE = the idempotency window.
 ==============================  =======  ==================================================
+
+Sharding (``SESSIONSVC_SHARDS`` = S > 1)
+----------------------------------------
+The store is S shard stores. Shard k has the prefix ``P/k`` (or ``P/k.n``, see below),
+so its keys are the table's under the hash tag ``{P/k}`` (``{P/k}:r:<n>``,
+``{P/k}:all:G``, ``{P/k}:ids``, ...): one slot per shard, every script above unchanged and
+run on one shard. A '/' never occurs in a configured prefix, so no other store's tag can
+look like a shard's. The tag of shard k hashes into the k-th of S equal ranges of the
+16384 Cluster slots (``.n``: the smallest n that makes it so, when ``P/k`` does not), so
+a cluster whose slots are split evenly over its masters holds S/M shards on each.
+Placement:
+
+- a user's records, indexes and idempotency records are all in shard
+  ``SHA-1(UTF-8 user id)[:8] mod S`` (big-endian), so per-user operations stay one script;
+- record ``n`` is in shard ``n mod S``: shard k reserves local numbers from ``{P/k}:ids``
+  and gives the record number local × S + k (never reused, unique across shards);
+- ``{P}:saves`` (the store-wide save counter) and ``{P}:layout`` keep the prefix's own
+  tag: a slot of their own. The shards' ``saves`` keys are not used.
+
+With S = 1 the store is exactly the single-tag layout above (``{P}``), plus ``layout``.
+
+Commands that change with shards (the rest are routed to one shard and run as above):
+
+- create / refresh: ``INCRBY {P}:saves 1`` first (a pipeline; with an idempotency key
+  also ``EXISTS {P/j}:idem:<k>`` for every other shard j: a key used for another user's
+  record is refused; with ``min_replicas_ack`` then ``WAIT``), one more round-trip; then the
+  shard's script with that save number as its last ARGV. A refresh's number never takes
+  the record's version below its current one (``max(given, o + 1)``).
+- bulk load: one ``INCRBY {P}:saves <count>``, then each shard's creates pipelined.
+- current / validity (whole store): the current script (no reveal) on every shard in one
+  pipeline, the highest save number wins; ``current`` then reads its token with the get
+  script (counting the reveal) on that shard: two round-trips.
+- page (whole store): the page script on every shard in one pipeline, for the shard's
+  first offset + limit records, merged by save number; the total is the shards' totals
+  added up. offset + limit above ``max_global_depth(S)`` (``GLOBAL_PAGE_ENTRIES`` / S
+  entries from each shard, at least 100) is refused (``PageTooDeep``) unless
+  the page lies past the end (asked with an offset past any store: totals only, at once).
+- clear (all): the clear-all script on every shard in one pipeline (O(1) each). Once it
+  has answered no read returns a record saved before it; while that round-trip is in
+  flight, reads of different shards may see one shard cleared and another not yet.
+- census, encryptions: every shard's, in one pipeline, added up. reclaim, scan, check-index:
+  shard after shard.
+- start-up: the layout script (HGET layout; EXISTS ids; HSET layout) on ``{P}``; a process
+  whose S differs refuses to start (``ShardCountMismatch``).
 
 Rate-limit counters (flask-limiter, only when ``SESSIONSVC_RATE_LIMIT`` is set) share this
 Redis under ``P:limits:...`` (no braces: they are per client, not per store slot); they are
@@ -128,8 +177,8 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
   XADD, [reclaim]. The check and the record happen in one script, so two processes
   racing with one key create one record, and any number racing for one user never leave
   more than the limit.
-- bulk load (``create_many``): the create script per record, pipelined, one round-trip
-  per ``BULK_BATCH`` records.
+- bulk load (``create_many``): SCRIPT EXISTS (LOAD of any missing), then the create
+  script per record, pipelined, one round-trip per ``BULK_BATCH`` records.
 - refresh: GET gen, TIME, HINCRBY seals, HMGET (exists, same generation, owner, version), ZSCORE exp
   (not dead by the script's clock, to the millisecond), tell due expiries, INCR saves,
   HSET + PEXPIREAT, ZADD x4 (same members, new scores), XADD, prune. The existence check and the
@@ -221,25 +270,34 @@ from .records import (
     Census,
     Event,
     EventPage,
+    EventsNeedUser,
     EventsTrimmed,
     IdempotencyClaim,
     IdempotencyConflict,
     IndexReport,
     NotFound,
     NumberInUse,
+    PageTooDeep,
     PreconditionFailed,
     Record,
+    ShardCountMismatch,
     StoreUnavailable,
     UserLimitReached,
     format_id,
     parse_id,
 )
 from .scripts import DEAD_WINDOW, WALK_BUDGET, script_source
+from .shards import ShardedStore, check_shard_count, max_global_depth, open_store, shard_of_user
+
+# What the vault talks to: one interface, whatever the number of shards.
+Store = TokenStore | ShardedStore
 
 __all__ = [
-    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "Event", "EventPage", "EventsTrimmed",
-    "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PreconditionFailed",
-    "Record", "StoreUnavailable", "TokenStore", "UserLimitReached", "connect", "format_id", "parse_id",
+    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "Event", "EventPage", "EventsNeedUser", "EventsTrimmed",
+    "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PageTooDeep",
+    "PreconditionFailed", "Record", "ShardCountMismatch", "ShardedStore", "Store", "StoreUnavailable", "TokenStore",
+    "UserLimitReached", "check_shard_count", "connect", "format_id", "max_global_depth", "open_store", "parse_id",
+    "shard_of_user",
     # The benchmark's same-work baseline (bench/) runs the store's own scripts with the
     # store's arguments: their text and the batch sizes are public for that, and only that.
     "ID_BLOCK", "OWNER_CACHE_SIZE", "PRUNE_BATCH", "script_source",

@@ -51,10 +51,11 @@ class StoreEvents(ScriptRunner):
         events = [_event(entries[i], entries[i + 1]) for i in range(0, len(entries), 2)]
         return EventPage(events, reply[1].decode("ascii"))
 
-    def wait_for_events(self, after: str, timeout_ms: int) -> bool:
+    def wait_for_events(self, after: str, timeout_ms: int, user_id: str | None = None) -> bool:
         """Block until the stream holds an entry after `after` or `timeout_ms` passes
         (XREAD BLOCK, on a connection of its own for that long: under gevent only this
-        greenlet waits). True when there is one to read."""
+        greenlet waits). True when there is one to read. (`user_id` routes a sharded
+        store's wait; one store has one stream.)"""
         key = self.events_key
         reply = self._attempt(
             "wait_events", lambda: self.client.xread({key: after}, count=1, block=max(1, timeout_ms))

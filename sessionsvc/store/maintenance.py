@@ -40,7 +40,10 @@ class StoreMaintenance(ScriptRunner):
         return self._attempt("load_scripts", load, any_error=True)
 
     def census(self, sample: int = CENSUS_SAMPLE) -> Census:
-        reply = self._run("census", sample, SEALED_HEAD_BYTES, retry=True)
+        return self._census_answer(self._run("census", sample, SEALED_HEAD_BYTES, retry=True))
+
+    @staticmethod
+    def _census_answer(reply: list) -> Census:
         seals = reply[2]
         encryptions = {seals[i].decode("ascii"): int(seals[i + 1]) for i in range(0, len(seals), 2)}
         return Census(records=int(reply[0]), pruned=int(reply[1]), encryptions=encryptions,

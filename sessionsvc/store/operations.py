@@ -4,9 +4,9 @@ and monitoring from ``maintenance``, record numbers from ``ids``."""
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -73,8 +73,10 @@ class TokenStore(StoreEvents, StoreMaintenance):
 
     # --- ids -----------------------------------------------------------------------
 
-    def reserve_number(self) -> int:
-        """A record number no other caller will ever get (ids are allocated in blocks)."""
+    def reserve_number(self, user_id: str | None = None) -> int:
+        """A record number no other caller will ever get (ids are allocated in blocks).
+        `user_id` is the record's owner: it places the record in a sharded store (see
+        ``shards``), and a single store has no use for it."""
         return self._ids.reserve()
 
     def _fetch_block(self, size: int) -> Any:
@@ -83,8 +85,9 @@ class TokenStore(StoreEvents, StoreMaintenance):
             return self._attempt("reserve", lambda: self._acknowledged(lambda pipe: pipe.incrby(key, size)))
         return self._attempt("reserve", lambda: self.client.incrby(key, size), retry=True)
 
-    def reserve_numbers(self, count: int) -> range:
-        """`count` consecutive record numbers in one INCRBY (for bulk loads)."""
+    def reserve_numbers(self, user_ids: Sequence[str]) -> Sequence[int]:
+        """Record numbers for records of these users, in order, in one INCRBY (for bulk loads)."""
+        count = len(user_ids)
         end = int(self._attempt("reserve", lambda: self.client.incrby(self.root + ":ids", count), any_error=True))
         return range(end - count + 1, end + 1)
 
@@ -126,6 +129,7 @@ class TokenStore(StoreEvents, StoreMaintenance):
         preview: str,
         expires_at: int,
         idempotency: IdempotencyClaim | None = None,
+        save_number: int | None = None,
     ) -> Record:
         """Store a new record under a reserved number. With an idempotency claim, a key
         already used for the same request answers the record it created then
@@ -133,14 +137,16 @@ class TokenStore(StoreEvents, StoreMaintenance):
         IdempotencyConflict. NumberInUse when another record holds the number already:
         possible only after a failover lost the counter's last blocks. Over the per-user
         limit it evicts the user's least recently saved records, or raises
-        UserLimitReached (policy ``reject``)."""
+        UserLimitReached (policy ``reject``). `save_number`: the save's place in the order
+        of saves, given by a sharded store (None: this store's own counter)."""
         key_hash, digests = "", ""
         if idempotency is not None:
-            key_hash = hashlib.sha256(idempotency.key.encode("utf-8")).hexdigest()
+            key_hash = idempotency.key_hash
             digests = " ".join(idempotency.digests)
         try:
             reply = self._run(
-                "create", *self._create_args(number, user_id, sealed, preview, expires_at, key_hash, digests),
+                "create",
+                *self._create_args(number, user_id, sealed, preview, expires_at, key_hash, digests, save_number),
                 retry=idempotency is not None,
             )
         except ResponseError as error:
@@ -161,21 +167,27 @@ class TokenStore(StoreEvents, StoreMaintenance):
 
     def _create_args(
         self, number: int, user_id: str, sealed: bytes, preview: str, expires_at: int,
-        key_hash: str = "", digests: str = "",
+        key_hash: str = "", digests: str = "", save_number: int | None = None,
     ) -> tuple:
         """The create script's ARGV after the root (see scripts.py)."""
         return (number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH,
                 key_hash, digests, self.idempotency_ms, self.max_tokens_per_user, self.user_limit_policy,
-                self.events_maxlen)
+                self.events_maxlen, "" if save_number is None else save_number)
 
-    def create_many(self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH) -> int:
+    def create_many(
+        self, rows: Iterable[tuple[int, str, bytes, str, int]], batch: int = BULK_BATCH,
+        save_numbers: Iterable[int | None] | None = None,
+    ) -> int:
         """Bulk load: the create script for each (number, user id, sealed, preview,
-        expires_at), pipelined in batches (one round-trip per batch). Returns the count."""
+        expires_at), pipelined in batches (one round-trip per batch). Returns the count.
+        `save_numbers`: one per row, given by a sharded store (None: this store's counter)."""
         count = 0
+        self.load_scripts()
         pipe = self.client.pipeline(transaction=False)
-        for number, user_id, sealed, preview, expires_at in rows:
-            args = [self.root, *self._create_args(number, user_id, sealed, preview, expires_at)]
-            self._scripts["create"](keys=self._keys, args=args, client=pipe)
+        numbers = iter(save_numbers) if save_numbers is not None else itertools.repeat(None)
+        for (number, user_id, sealed, preview, expires_at), save_number in zip(rows, numbers, strict=False):
+            self._queue(pipe, "create", *self._create_args(number, user_id, sealed, preview, expires_at,
+                                                           save_number=save_number))
             count += 1
             if count % batch == 0:
                 pipe.execute()
@@ -201,14 +213,15 @@ class TokenStore(StoreEvents, StoreMaintenance):
         preview: str,
         expires_at: int,
         expected_versions: Collection[int] | None = None,
+        save_number: int | None = None,
     ) -> Record:
         """Replace a held record's token and expiry. `expected_versions` (an If-Match):
         None accepts any version; otherwise the record's must be listed, or
-        PreconditionFailed (an empty collection never matches)."""
+        PreconditionFailed (an empty collection never matches). `save_number` as for create."""
         expected = "*" if expected_versions is None else " ".join(str(int(v)) for v in expected_versions)
         reply = self._run(
             "refresh", number, user_id, sealed, preview, expires_at, self.retention_ms, PRUNE_BATCH, expected,
-            self.events_maxlen,
+            self.events_maxlen, "" if save_number is None else save_number,
         )
         if reply[0] == RefreshReply.NOT_FOUND:
             raise NotFound(format_id(number))
@@ -235,6 +248,10 @@ class TokenStore(StoreEvents, StoreMaintenance):
         else:
             flag = "2" if reveal else "0"
             reply = self._bounded_read("current", (user, 0, flag), (user, PRUNE_BATCH, flag))
+        return self._current_answer(user, reply)
+
+    def _current_answer(self, user: str, reply: list) -> Record | None:
+        """The record a current script's reply names (None: none held)."""
         self._passed_over(user, reply[2])
         if reply[0] == ReadReply.CATCHING_UP:
             raise StoreUnavailable("catching_up")
@@ -248,6 +265,10 @@ class TokenStore(StoreEvents, StoreMaintenance):
             reply = self._run("page", user, offset, limit, PRUNE_BATCH, retry=True)
         else:
             reply = self._bounded_read("page", (user, offset, limit, 0), (user, offset, limit, PRUNE_BATCH))
+        return self._page_answer(user, reply)
+
+    def _page_answer(self, user: str, reply: list) -> tuple[int, list[Record]]:
+        """The total and records of a page script's reply."""
         self._passed_over(user, reply[3])
         if reply[0] == ReadReply.CATCHING_UP:
             raise StoreUnavailable("catching_up")

@@ -3,6 +3,7 @@ domain errors the API maps to HTTP (``sessionsvc.errors``)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -43,6 +44,23 @@ class EventsTrimmed(Exception):
     def __init__(self, oldest: str):
         super().__init__("events trimmed")
         self.oldest = oldest
+
+
+class PageTooDeep(Exception):
+    """A page of the whole sharded store reaching deeper than a global page may read."""
+
+    def __init__(self, max_depth: int):
+        super().__init__(f"a page of the whole store may reach {max_depth} records deep")
+        self.max_depth = max_depth
+
+
+class ShardCountMismatch(Exception):
+    """The store was created with another number of shards than this process is configured with."""
+
+    def __init__(self, configured: int, recorded: int):
+        super().__init__(f"configured with {configured} shards, the store has {recorded}")
+        self.configured = configured
+        self.recorded = recorded
 
 
 class StoreUnavailable(Exception):
@@ -142,6 +160,11 @@ class IdempotencyClaim:
     key: str
     digests: tuple[str, ...]
 
+    @property
+    def key_hash(self) -> str:
+        """What names the key in Redis (``{P}:idem:<key hash>``): never the key itself."""
+        return hashlib.sha256(self.key.encode("utf-8")).hexdigest()
+
 
 # Called after every store operation: (operation, seconds, error kind or None).
 Observer = Callable[[str, float, "str | None"], None]
@@ -160,3 +183,8 @@ def parse_id(record_id: str) -> int | None:
         return None
     number = int(digits)
     return number if number > 0 and format_id(number) == record_id else None
+
+
+class EventsNeedUser(Exception):
+    """A sharded store keeps one event stream per shard, and a user's events all in their
+    shard's: its feed is read one user at a time."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .client import unavailable_kind
@@ -113,6 +114,21 @@ class ScriptRunner:
                 retry,
             )
         return self._attempt(name, lambda: script(keys=self._keys, args=argv), retry)
+
+    def _queue(self, pipe: Any, name: str, *args: Any, read_only: bool = False) -> None:
+        """One of the store's scripts queued on a pipeline by its SHA (EVALSHA, or
+        EVALSHA_RO). Through execute_command: redis-py's cluster pipeline refuses its
+        ``evalsha`` method, as it cannot load a missing script on a node; a caller that
+        meets NOSCRIPT in the replies loads the scripts or asks again on its own."""
+        command, options = ("EVALSHA_RO" if read_only else "EVALSHA"), {}
+        if isinstance(pipe, ClusterPipeline):
+            # Named, the node is not asked for the keys of every EVALSHA (COMMAND GETKEYS to
+            # the default node, one round-trip each, before the pipeline is sent). A slot
+            # that moved meanwhile answers MOVED, which the pipeline follows.
+            replica = read_only and pipe.get_node_from_key(self._keys[0], replica=True)
+            options["target_nodes"] = replica or pipe.get_node_from_key(self._keys[0])
+        pipe.execute_command(command, self._scripts[name].sha, len(self._keys), *self._keys, self.root, *args,
+                             **options)
 
     def _read(self, name: str, *args: Any) -> Any:
         """A read-only script on a replica (EVALSHA_RO). The caller passes arguments that

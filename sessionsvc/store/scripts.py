@@ -223,6 +223,15 @@ local function count_seal(blob)
   if key_id then redis.call('HINCRBY', root .. ':seals', key_id, 1) end
 end
 
+-- The save number of a save: from this store's own counter, or `given` by a sharded
+-- store (its counter lives in another slot). A given number never takes a record's version
+-- below what it already was (`held`): two refreshes of one record may land in the other
+-- order, and a failover may lose that counter's last increments.
+local function next_save(given, held)
+  if not given or given == '' then return redis.call('INCR', root .. ':saves') end
+  return math.max(tonumber(given), (tonumber(held) or 0) + 1)
+end
+
 local function dead_count()
   return redis.call('ZCOUNT', exp_key, '-inf', ms(now))
 end
@@ -326,7 +335,7 @@ end
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       idempotency key hash ('' = none), request digests (space-separated, the first is
 #       stored), idempotency window (ms), records per user (0 = no limit), policy over it
-#       ('evict_oldest' | 'reject'), events maxlen
+#       ('evict_oldest' | 'reject'), events maxlen, save number ('' or absent = this store's counter)
 # -> {CREATED, now, record} | {REPLAYED, then, record} | {IDEMPOTENCY_CONFLICT}
 #    | {ALREADY_EXPIRED} | {USER_LIMIT} | {CATCHING_UP} (CreateReply); error NUMBER_IN_USE
 # Events: `expired` for expiries due (DUE_BATCH at most), `evicted` per record evicted,
@@ -361,7 +370,7 @@ if limit > 0 then
     evict_oldest(user, excess)
   end
 end
-local save_number = redis.call('INCR', root .. ':saves')
+local save_number = next_save(ARGV[15], nil)
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
 local record = load(n, false)
@@ -378,7 +387,7 @@ return {CreateReply.CREATED, now, record}
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       expected versions ('*' = any, else space-separated; none listed never matches),
-#       events maxlen
+#       events maxlen, save number ('' or absent = this store's counter)
 # -> {REFRESHED, now, record} | {NOT_FOUND} | {PRECONDITION_FAILED, version}
 #    | {ALREADY_EXPIRED} (RefreshReply)
 # Events: `expired` for expiries due (DUE_BATCH at most, this record's included: it
@@ -399,7 +408,7 @@ end
 local death = expires * 1000 + tonumber(ARGV[7])
 if death <= now then return {RefreshReply.ALREADY_EXPIRED} end
 expire_due(DUE_BATCH)
-local save_number = redis.call('INCR', root .. ':saves')
+local save_number = next_save(ARGV[11], held[3])
 save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 record_event('refreshed', n, user, ARGV[6])
 prune(tonumber(ARGV[8]))
@@ -769,6 +778,18 @@ SCRIPTS = {
     "sweep": _SWEEP,
     "release_sweeper": _RELEASE_SWEEPER,
 }
+
+# The store's layout, run on its own (no prelude). KEYS: {P}:layout, {P}:ids; ARGV: the
+# configured number of shards -> the number the store has: recorded now when none was
+# (1 for a store written before sharding, whose ids counter exists).
+LAYOUT = """
+local held = redis.call('HGET', KEYS[1], 'shards')
+if held then return tonumber(held) end
+local shards = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then shards = 1 end
+redis.call('HSET', KEYS[1], 'shards', shards)
+return shards
+"""
 
 
 def script_source(name: str) -> str:
