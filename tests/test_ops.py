@@ -294,7 +294,7 @@ def test_a_generated_client_reads_every_kind_of_answer(app, generated_client):
                                                                          "expires_at": future()}).json)
     models.Deleted.from_dict(client.delete(f"{API}/{record_id}").json)
     models.Cleared.from_dict(client.delete(API).json)
-    events = models.SessionEventPage.from_dict(client.get(f"{API}/events").json)
+    events = models.SessionEventPage.from_dict(client.get(f"{API}/events", query_string={"user_id": "u1"}).json)
     assert [event.type_ for event in events.data][-2:] == ["deleted", "cleared"]
     assert models.Error.from_dict(client.get(f"{API}/{record_id}").json).code == 404
     invalid = models.Error.from_dict(client.post(API, json={}).json)

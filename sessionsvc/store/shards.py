@@ -333,7 +333,7 @@ class ShardedStore:
         def run() -> list[Any]:
             with self.client.pipeline(transaction=False) as pipe:
                 for shard in self.shards:
-                    shard._queue(pipe, "clear_all")
+                    shard._queue(pipe, "clear_all", shard.events_maxlen)
                 if self._whole.min_replicas_ack:
                     pipe.wait(self._whole.min_replicas_ack, self._whole.replica_ack_timeout_ms)
                 replies = pipe.execute(raise_on_error=False)
