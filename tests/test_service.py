@@ -142,21 +142,28 @@ def test_a_busy_gevent_worker_answers_every_request_while_redis_is_healthy(servi
     assert "pool_exhausted" not in log
 
 
-def read_responses(connection: socket.socket, count: int) -> None:
-    """Read `count` whole HTTP/1.1 responses (each with a Content-Length) off `connection`."""
-    buffered = b""
-    for _ in range(count):
-        while b"\r\n\r\n" not in buffered:
-            chunk = connection.recv(65536)
-            assert chunk, "the server closed the connection"
-            buffered += chunk
-        head, _, buffered = buffered.partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
-        while len(buffered) < length:
-            chunk = connection.recv(65536)
-            assert chunk, "the server closed the connection"
-            buffered += chunk
-        buffered = buffered[length:]
+class Responses:
+    """Whole HTTP/1.1 responses (each with a Content-Length) read off one connection; bytes
+    of the next responses that came with a read are kept for the next call."""
+
+    def __init__(self, connection: socket.socket):
+        self.connection = connection
+        self.buffered = b""
+
+    def _more(self) -> None:
+        chunk = self.connection.recv(65536)
+        assert chunk, "the server closed the connection"
+        self.buffered += chunk
+
+    def read(self, count: int) -> None:
+        for _ in range(count):
+            while b"\r\n\r\n" not in self.buffered:
+                self._more()
+            head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+            while len(self.buffered) < length:
+                self._more()
+            self.buffered = self.buffered[length:]
 
 
 def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_worker(service):
@@ -170,14 +177,17 @@ def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_
         return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
 
     with socket.create_connection(("127.0.0.1", port)) as busy, socket.create_connection(("127.0.0.1", port)) as other:
-        for connection, name in ((busy, "busy-warm"), (other, "other-warm")):  # both connections being served
-            connection.sendall(request(name))
-            read_responses(connection, 1)
+        busy_responses, other_responses = Responses(busy), Responses(other)
+        for connection, responses, name in (
+            (busy, busy_responses, "busy-warm"), (other, other_responses, "other-warm"),
+        ):
+            connection.sendall(request(name))  # both connections being served
+            responses.read(1)
         busy.sendall(b"".join(request(f"busy-{number}") for number in range(200)))
-        read_responses(busy, 1)  # the worker is busy with them
+        busy_responses.read(1)  # the worker is busy with them
         other.sendall(request("other"))
-        read_responses(other, 1)
-        read_responses(busy, 199)
+        other_responses.read(1)
+        busy_responses.read(199)
     log = instance.stop()
     order = [line["request_id"] for line in map(json.loads, filter(None, log.splitlines()))
              if line.get("logger") == "gunicorn.access" and line.get("request_id", "").startswith(("busy-", "other"))]
