@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint audit openapi bench bench-scale soak clean
+.PHONY: install run test test-fast lint audit openapi bench bench-scale bench-shards soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/run.py --scale
+
+# One store sharded by user: whole-store reads against S, and Redis CPU per master on a 3-master Cluster.
+bench-shards: $(STAMP)
+	$(BIN)/python bench/sharding.py
 # Bounded (3 minutes): two gunicorn workers on a private AOF Redis that is killed and restarted once.
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)

@@ -2,6 +2,7 @@
 service's own vault on private redis-servers.
 
     .venv/bin/python bench/sharding.py [--records 20000] [--users 2000] [--shards 1,4,16,64]
+    make bench-shards
 
 1. Whole-store reads as a function of S, on one redis-server: page 1 and the deepest page
    allowed (offset + limit = max_global_depth(S)), and offset + limit = 1000 for comparison,
@@ -85,14 +86,14 @@ def measure(clients: list[redis.Redis], calls: int, call: Callable[[int], object
             "wall_ms": wall / calls * 1000}
 
 
-def whole_store_costs(url: str, shard_counts: list[int], records: int, users: int) -> list[dict]:
+def whole_store_costs(url: str, shard_counts: list[int], records: int, users: int, calls: int) -> list[dict]:
     client = redis.Redis.from_url(url)
-    rows = [costs_at(client, url, shards, records, users) for shards in shard_counts]
+    rows = [costs_at(client, url, shards, records, users, calls) for shards in shard_counts]
     client.close()
     return rows
 
 
-def costs_at(client: redis.Redis, url: str, shards: int, records: int, users: int) -> dict:
+def costs_at(client: redis.Redis, url: str, shards: int, records: int, users: int, calls: int) -> dict:
     """One store of `shards` shards filled, then each operation measured."""
     vault = vault_on(url, f"s{shards}", shards)
     memory_before = client.info("memory")["used_memory"]
@@ -101,27 +102,27 @@ def costs_at(client: redis.Redis, url: str, shards: int, records: int, users: in
     rng = random.Random(3)
     some_users = [f"user{rng.randrange(users):06d}" for _ in range(500)]
     deepest_page = max_global_depth(shards) // 20
-    reads = max(40, 2000 // shards)
+    reads = max(calls // 50, calls // shards)
     expires = int(time.time()) + 86400
     row = {
         "shards": shards,
         "bytes_per_record": bytes_per_record,
         "page 1 (whole store)": measure([client], reads, lambda _: vault.page(1, 20)),
         f"page {deepest_page} (whole store, the deepest allowed)": measure(
-            [client], max(10, reads // 10), lambda _: vault.page(deepest_page, 20)),
+            [client], max(1, reads // 10), lambda _: vault.page(deepest_page, 20)),
         "depth 1000, what page 50 of 20 would read": measure(
-            [client], max(5, reads // 40),
+            [client], max(1, reads // 40),
             lambda _: vault.store.page(980, 20) if shards == 1 else vault.store._every_page(0, 1000)),
         "current (whole store)": measure([client], reads, lambda _: vault.current()),
         "validity (whole store)": measure([client], reads, lambda _: vault.validity()),
-        "validity (one user)": measure([client], 2000, lambda i: vault.validity(some_users[i % 500])),
-        "page 1 (one user)": measure([client], 2000, lambda i: vault.page(1, 20, some_users[i % 500])),
-        "GET /<id>": measure([client], 2000, lambda i: vault.reveal(format_id(numbers[(i * 7919) % records]))),
-        "save (POST)": measure([client], 2000, lambda i: vault.save(some_users[i % 500], jwt_like(rng), expires)),
+        "validity (one user)": measure([client], calls, lambda i: vault.validity(some_users[i % 500])),
+        "page 1 (one user)": measure([client], calls, lambda i: vault.page(1, 20, some_users[i % 500])),
+        "GET /<id>": measure([client], calls, lambda i: vault.reveal(format_id(numbers[(i * 7919) % records]))),
+        "save (POST)": measure([client], calls, lambda i: vault.save(some_users[i % 500], jwt_like(rng), expires)),
         "mixed workload, per user": measure(
-            [client], 4000, lambda _: mixed_operation(vault, numbers, users, rng, whole_store=False)),
+            [client], 2 * calls, lambda _: mixed_operation(vault, numbers, users, rng, whole_store=False)),
         "mixed workload, as wrk.lua (whole store)": measure(
-            [client], max(200, 4000 // shards),
+            [client], max(calls // 10, 2 * calls // shards),
             lambda _: mixed_operation(vault, numbers, users, rng, whole_store=True)),
     }
     print_row(row)
@@ -241,13 +242,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--shards", default="1,4,16,64")
     parser.add_argument("--operations", type=int, default=8000, help="mixed-workload operations on the cluster")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per one-user operation measured")
     parser.add_argument("--skip-cluster", action="store_true")
     options = parser.parse_args()
     shard_counts = [int(value) for value in options.shards.split(",")]
     print(f"{options.records} records of 800-character tokens for {options.users} users per store")
     with tempfile.TemporaryDirectory(prefix="sessionsvc-shards-") as directory, \
             redis_server(Path(directory)) as url:
-        whole_store_costs(url, shard_counts, options.records, options.users)
+        whole_store_costs(url, shard_counts, options.records, options.users, options.calls)
     if not options.skip_cluster:
         cluster_balance(options.records, options.users, options.operations)
 
