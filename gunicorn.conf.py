@@ -28,9 +28,8 @@ _embedded = not any(
 bind = [os.environ.get("SESSIONSVC_BIND", "127.0.0.1:8000")]
 # The embedded store lives in one process's memory: every request must reach that process.
 workers = 1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gevent, 2 workers: the best of sync, gthread and gevent for the mixed workload on 2
-# cores (`python bench/run.py --sweep`, docs/benchmarks.md): the most requests/s in each
-# of four sweeps, p99 within a few ms of gthread's. SESSIONSVC_WORKER_CLASS=gthread
+# gevent, 2 workers: of sync, gthread and gevent, the most requests/s for the mixed
+# workload on 2 cores (`python bench/run.py --sweep`). SESSIONSVC_WORKER_CLASS=gthread
 # (with SESSIONSVC_THREADS per worker) is the no-monkey-patching alternative. gevent,
 # gthread and sync name the service's subclasses (sessionsvc/workers.py: gunicorn's own
 # refusals answered as JSON); any other value goes to gunicorn unchanged.
