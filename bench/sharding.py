@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.capacity import jwt_like, redis_cpu  # noqa: E402
-from bench.run import MIX, redis_server  # noqa: E402
+from bench.run import MIX, free_port, redis_server  # noqa: E402
 from sessionsvc import create_app  # noqa: E402
 from sessionsvc.config import Config  # noqa: E402
 from sessionsvc.crypto import generate_key  # noqa: E402
@@ -140,20 +139,6 @@ def print_row(row: dict) -> None:
 # --- a 3-master cluster ---------------------------------------------------------------------
 
 
-def cluster_port() -> int:
-    """A free loopback port whose cluster bus port (port + 10000) is free too."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus, contextlib.suppress(OSError):
-            bus.bind(("127.0.0.1", port + 10000))
-            return port
-    raise RuntimeError("no free port pair")
-
-
 @contextlib.contextmanager
 def cluster(workdir: Path, masters: int) -> Iterator[list[str]]:
     """`masters` redis-servers made one Cluster with redis-cli (slots split evenly)."""
@@ -161,7 +146,7 @@ def cluster(workdir: Path, masters: int) -> Iterator[list[str]]:
     processes, ports = [], []
     try:
         for index in range(masters):
-            directory, port = workdir / f"node{index}", cluster_port()
+            directory, port = workdir / f"node{index}", free_port(with_bus=True)
             directory.mkdir()
             processes.append(subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

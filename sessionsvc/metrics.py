@@ -84,6 +84,13 @@ def observe_store(operation: str, seconds: float, error_kind: str | None) -> Non
         REDIS_ERRORS.labels(error_kind).inc()
 
 
+def per_key_id(family: Metric, counts: dict[str, int]) -> Metric:
+    """`family` with one sample per encryption key id, in key id order."""
+    for key_id, count in sorted(counts.items()):
+        family.add_metric([key_id], count)
+    return family
+
+
 class StoreCollector:
     """Store-wide figures, read from Redis when scraped (reused for CENSUS_SECONDS)."""
 
@@ -107,24 +114,18 @@ class StoreCollector:
         up.add_metric([], 1)
         yield up
         yield GaugeMetricFamily("sessionsvc_records", "Records held (store-wide).", value=census.records)
-        by_key = GaugeMetricFamily(
+        yield per_key_id(GaugeMetricFamily(
             "sessionsvc_records_by_key_id",
             "Records per encryption key id (store-wide): exact up to 200 records, "
             "scaled from a uniform sample of 200 above; `stats` gives exact counts.",
             labels=["key_id"],
-        )
-        for key_id, count in sorted(census.by_key_id.items()):
-            by_key.add_metric([key_id], count)
-        yield by_key
-        encryptions = CounterMetricFamily(
+        ), census.by_key_id)
+        yield per_key_id(CounterMetricFamily(
             "sessionsvc_encryptions",
             "Tokens sealed per encryption key id (store-wide, kept in Redis): AES-GCM's random-nonce "
             "budget spent; rotate past SESSIONSVC_ROTATE_KEY_AFTER.",
             labels=["key_id"],
-        )
-        for key_id, count in sorted(census.encryptions.items()):
-            encryptions.add_metric([key_id], count)
-        yield encryptions
+        ), census.encryptions)
         yield CounterMetricFamily(
             "sessionsvc_index_entries_pruned",
             "Index entries of expired records pruned (store-wide, kept in Redis).",
