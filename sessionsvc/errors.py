@@ -21,7 +21,7 @@ from .apidoc import marshmallow_plugin
 from .crypto import DecryptionError
 from .store import (
     AlreadyExpired,
-    EventsNeedUser,
+    BadCursor,
     EventsTrimmed,
     IdempotencyConflict,
     NotFound,
@@ -175,10 +175,11 @@ def register_error_handlers(app: Flask) -> None:
     def events_trimmed(error: EventsTrimmed):
         return error_body(410, ERROR_RESPONSES[410][1], {"oldest_cursor": error.oldest}), 410
 
-    @app.errorhandler(EventsNeedUser)
-    def events_need_user(error: EventsNeedUser):
-        message = "Required with SESSIONSVC_SHARDS above 1: events are read one user's shard at a time."
-        return error_body(422, MESSAGES[422], {"query": {"user_id": [message]}}), 422
+    @app.errorhandler(BadCursor)
+    def bad_cursor(error: BadCursor):
+        message = (f"Not a cursor of this store ({error.shards} shard(s)): use a `cursor` or `next` it gave, "
+                   "or a stream time such as 1774515600000-0.")
+        return error_body(422, MESSAGES[422], {"query": {"after": [message]}}), 422
 
     @app.errorhandler(AlreadyExpired)
     def already_expired(error: AlreadyExpired):

@@ -206,12 +206,18 @@ class ClearQuery(UserQuery):
 EVENT_TYPES = ("created", "refreshed", "deleted", "cleared", "evicted", "expired")
 # A stream entry id as Redis writes it: milliseconds, a dash, a sequence number (each at
 # most 15 digits: whole in the double Lua compares them as).
-CURSOR = FullMatch(r"^[0-9]{1,15}-[0-9]{1,15}$", error="Must be an event cursor such as 1774515600000-0.")
+# With SESSIONSVC_SHARDS = S above 1, the whole store's feed gives cursors that name a
+# place in each of the S streams (sessionsvc.store.feed): "s", then S places after dots.
+CURSOR = FullMatch(
+    r"^(?:[0-9]{1,15}-[0-9]{1,15}|s[0-9a-z]{1,11}(?:\.(?:[0-9a-z]{1,11}(?:_[0-9a-z]{1,13})?)?){2,256})$",
+    error="Must be an event cursor such as 1774515600000-0 (a `cursor` or `next` this store gave).",
+)
 EXAMPLE_CURSOR = "1774515600000-0"
+CURSOR_MAX_LENGTH = 256 * 27 + 13
 
 
 def Cursor(**kwargs: Any) -> fields.String:  # noqa: N802 - a field factory reads like a field
-    return fields.String(validate=[validate.Length(min=3, max=31), CURSOR], **kwargs)
+    return fields.String(validate=[validate.Length(min=3, max=CURSOR_MAX_LENGTH), CURSOR], **kwargs)
 
 
 class EventQuery(UserQuery):

@@ -232,9 +232,9 @@ def pytest_configure(config) -> None:
         config.addinivalue_line("markers", f"{marker}: {', '.join(sorted(modules))}")
 
 
-# Modules whose tests read the whole store's event feed, which a sharded store does not
-# offer (one stream per shard): they run on one store; tests/test_lifecycle_sharded.py
-# covers the lifecycle with shards.
+# Modules whose tests read the store's one event stream in Redis directly (`events_check`):
+# they run on one store; tests/test_lifecycle_sharded.py covers the lifecycle, and the
+# whole store's merged feed, with shards.
 SINGLE_STORE_MODULES = {"test_events", "test_lifecycle", "test_sweeper", "test_event_stream_gunicorn"}
 
 

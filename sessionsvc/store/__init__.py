@@ -11,7 +11,8 @@ keys, the commands of every operation, the topologies and the failures. The code
 - ``ids``: record numbers reserved in blocks, and the per-process owner cache;
 - ``scripts``: the Lua, and the codes its replies start with;
 - ``client``: Redis clients per topology, and which failures mean "not now";
-- ``shards``: one store over S shard stores (``ShardedStore``), and ``open_store``.
+- ``shards``: one store over S shard stores (``ShardedStore``), and ``open_store``;
+- ``feed``: the whole store's event feed over S shards' streams, and its cursor.
 
 Key layout
 ----------
@@ -115,6 +116,8 @@ Commands that change with shards (the rest are routed to one shard and run as ab
 - clear (all): the clear-all script on every shard in one pipeline (O(1) each). Once it
   has answered no read returns a record saved before it; while that round-trip is in
   flight, reads of different shards may see one shard cleared and another not yet.
+- events (whole store): the events script on every shard in one pipeline, each from its
+  own place, merged by time (``feed``: the cursor names a place in every shard's stream).
 - census, encryptions: every shard's, in one pipeline, added up. reclaim, scan, check-index:
   shard after shard.
 - start-up: the layout script (HGET layout; EXISTS ids; HSET layout) on ``{P}``; a process
@@ -267,10 +270,10 @@ from .ids import ID_BLOCK, OWNER_CACHE_SIZE
 from .operations import PRUNE_BATCH, TokenStore
 from .records import (
     AlreadyExpired,
+    BadCursor,
     Census,
     Event,
     EventPage,
-    EventsNeedUser,
     EventsTrimmed,
     IdempotencyClaim,
     IdempotencyConflict,
@@ -293,7 +296,7 @@ from .shards import ShardedStore, check_shard_count, max_global_depth, open_stor
 Store = TokenStore | ShardedStore
 
 __all__ = [
-    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "Census", "Event", "EventPage", "EventsNeedUser", "EventsTrimmed",
+    "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "BadCursor", "Census", "Event", "EventPage", "EventsTrimmed",
     "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PageTooDeep",
     "PreconditionFailed", "Record", "ShardCountMismatch", "ShardedStore", "Store", "StoreUnavailable", "TokenStore",
     "UserLimitReached", "check_shard_count", "connect", "format_id", "max_global_depth", "open_store", "parse_id",

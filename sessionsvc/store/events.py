@@ -12,7 +12,8 @@ from .scripts import EventsReply, SweepReply
 EVENTS_SCAN_BUDGET = 1000
 
 
-def _event(cursor: bytes, fields: list) -> Event:
+def event_from_entry(cursor: bytes, fields: list) -> Event:
+    """One stream entry (its id and its field list, as XRANGE answers) as an Event."""
     values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
     cursor_text = cursor.decode("ascii")
     number, user, expires, count, kept = (values.get(name) for name in (b"n", b"u", b"e", b"c", b"k"))
@@ -26,6 +27,16 @@ def _event(cursor: bytes, fields: list) -> Event:
         count=None if count is None else int(count),
         kept_number=None if kept is None else int(kept),
     )
+
+
+def events_answer(reply: list) -> tuple[list[Event], str, bool]:
+    """The events script's reply: the events, the cursor to read on from, and whether the
+    stream ended there (nothing after it yet). Raises EventsTrimmed."""
+    if reply[0] == EventsReply.TRIMMED:
+        raise EventsTrimmed(reply[1].decode("ascii"))
+    entries = reply[2:]
+    events = [event_from_entry(entries[i], entries[i + 1]) for i in range(0, len(entries), 2)]
+    return events, reply[1].decode("ascii"), reply[0] == EventsReply.END
 
 
 class StoreEvents(ScriptRunner):
@@ -45,11 +56,8 @@ class StoreEvents(ScriptRunner):
         EventsTrimmed when `after` is older than the oldest event held."""
         reply = self._run("events", after or "", limit, EVENTS_SCAN_BUDGET, user_id or "", event_type or "",
                           retry=True)
-        if reply[0] == EventsReply.TRIMMED:
-            raise EventsTrimmed(reply[1].decode("ascii"))
-        entries = reply[2:]
-        events = [_event(entries[i], entries[i + 1]) for i in range(0, len(entries), 2)]
-        return EventPage(events, reply[1].decode("ascii"))
+        events, next_cursor, _ = events_answer(reply)
+        return EventPage(events, next_cursor)
 
     def wait_for_events(self, after: str, timeout_ms: int, user_id: str | None = None) -> bool:
         """Block until the stream holds an entry after `after` or `timeout_ms` passes

@@ -185,6 +185,10 @@ def parse_id(record_id: str) -> int | None:
     return number if number > 0 and format_id(number) == record_id else None
 
 
-class EventsNeedUser(Exception):
-    """A sharded store keeps one event stream per shard, and a user's events all in their
-    shard's: its feed is read one user at a time."""
+class BadCursor(Exception):
+    """An event cursor that names no place in this store's streams (one of a store with
+    another number of shards)."""
+
+    def __init__(self, shards: int):
+        super().__init__("bad cursor")
+        self.shards = shards

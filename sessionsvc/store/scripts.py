@@ -47,7 +47,8 @@ class ClearReply:
 
 
 class EventsReply:
-    READ = 1
+    READ = 1  # followed by the cursor to read on from, then the events; more may follow them
+    END = 2  # as READ, and every entry after the cursor was read: the stream ends there
     TRIMMED = 0  # the cursor is older than the oldest event held; followed by that event's cursor
 
 
@@ -681,12 +682,13 @@ return {#members, dangling}
 
 # ARGV: root, after (a cursor; '' = from the oldest event held), limit, scan budget,
 #       user ('' = any), type ('' = any)
-# -> {READ, next cursor, cursor, fields, cursor, fields, ...} | {TRIMMED, oldest cursor held}
-#    (EventsReply). Without filters it reads `limit` entries; with them, at most the scan
-#    budget, and `next` is the last entry read: a filtered read never walks the stream
-#    without bound. A user filter also matches whole-store clears (they clear that user's
-#    records too). `after` older than the oldest entry held, once the stream has been
-#    trimmed, is TRIMMED: the reader may have missed events, and is told so.
+# -> {READ or END, next cursor, cursor, fields, cursor, fields, ...} | {TRIMMED, oldest cursor
+#    held} (EventsReply; END: nothing after `next` yet). Without filters it reads `limit`
+#    entries; with them, at most the scan budget, and `next` is the last entry read: a
+#    filtered read never walks the stream without bound. A user filter also matches
+#    whole-store clears (they clear that user's records too). `after` older than the
+#    oldest entry held, once the stream has been trimmed, is TRIMMED: the reader may have
+#    missed events, and is told so.
 _EVENTS = """
 local after, limit, budget, user, kind = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local function older(a, b)
@@ -715,12 +717,14 @@ if filtered then count = budget end
 local reply = {EventsReply.READ, after}
 if after == '' then reply[2] = '0-0' end
 local matched = 0
-for _, entry in ipairs(redis.call('XRANGE', events_key, start, '+', 'COUNT', count)) do
+local read = redis.call('XRANGE', events_key, start, '+', 'COUNT', count)
+if #read < count then reply[1] = EventsReply.END end
+for i, entry in ipairs(read) do
   reply[2] = entry[1]
   local matches = true
   if filtered then
     local fields = {}
-    for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+    for f = 1, #entry[2], 2 do fields[entry[2][f]] = entry[2][f + 1] end
     matches = (kind == '' or fields['type'] == kind) and (user == '' or fields['u'] == user or
               (fields['type'] == 'cleared' and not fields['u']))
   end
@@ -728,7 +732,10 @@ for _, entry in ipairs(redis.call('XRANGE', events_key, start, '+', 'COUNT', cou
     reply[#reply + 1] = entry[1]
     reply[#reply + 1] = entry[2]
     matched = matched + 1
-    if matched == limit then break end
+    if matched == limit then
+      if i < #read then reply[1] = EventsReply.READ end
+      break
+    end
   end
 end
 return reply

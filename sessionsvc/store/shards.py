@@ -16,6 +16,7 @@ import functools
 import hashlib
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,14 +24,13 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS as CLUSTER_SLOTS
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from . import operations
+from . import feed, operations
 from .client import unavailable_kind
 from .maintenance import CENSUS_SAMPLE, RECLAIM_BATCH, SEALED_HEAD_BYTES
 from .operations import BULK_BATCH, TokenStore
 from .records import (
     Census,
     EventPage,
-    EventsNeedUser,
     IdempotencyClaim,
     IdempotencyConflict,
     IndexReport,
@@ -58,6 +58,8 @@ def max_global_depth(shards: int) -> int:
 
 # An offset past any store's size: a page script asked for it answers its total at once.
 TOTAL_ONLY_OFFSET = 10**15
+# How long the whole store's event stream pauses between reads when it has nothing new.
+EVENTS_POLL_MS = 500
 # A global current whose record is deleted between the fan-out and its reveal is looked
 # up again, this many times at most.
 CURRENT_ATTEMPTS = 3
@@ -295,6 +297,23 @@ class ShardedStore:
             for shard, reply in zip(self.shards, replies, strict=True)
         ]
 
+    def _fan_out_each(self, name: str, arguments: Sequence[tuple]) -> list[Any]:
+        """One read script on every shard in one pipeline, on the primaries, with each
+        shard's own arguments: each shard's reply (a shard where the script was not loaded
+        is asked again on its own, which loads it)."""
+
+        def run() -> list[Any]:
+            with self.client.pipeline(transaction=False) as pipe:
+                for shard, args in zip(self.shards, arguments, strict=True):
+                    shard._queue(pipe, name, *args)
+                return pipe.execute(raise_on_error=False)
+
+        replies = self._whole._attempt(name, lambda: _raise_first(run()), retry=True)
+        return [
+            shard._run(name, *args, retry=True) if isinstance(reply, NoScriptError) else reply
+            for shard, args, reply in zip(self.shards, arguments, replies, strict=True)
+        ]
+
     def _fan_out(self, name: str, primary_args: tuple, replica_args: tuple | None = None) -> list[Any]:
         """One read script on every shard in one pipeline (redis-py's cluster pipeline
         sends each master its part at once, then reads the answers), on the replicas when
@@ -357,16 +376,27 @@ class ShardedStore:
         self, after: str | None = None, limit: int = 100, user_id: str | None = None, event_type: str | None = None
     ) -> EventPage:
         """One user's events, in exact order, from their shard's stream (cursors are that
-        stream's). The whole store's feed would merge S streams: not offered (EventsNeedUser)."""
-        return self._events_shard(user_id).events(after, limit, user_id, event_type)
+        stream's); without a user, every shard's merged (``sessionsvc.store.feed``)."""
+        if not user_id:
+            return feed.merged_events(self, after, limit, event_type)
+        k = shard_of_user(user_id, self.shard_count)
+        return self.shards[k].events(self._place_in(after, k), limit, user_id, event_type)
 
     def wait_for_events(self, after: str, timeout_ms: int, user_id: str | None = None) -> bool:
-        return self._events_shard(user_id).wait_for_events(after, timeout_ms)
+        """For one user, a blocking read of their shard's stream. For the whole store (S
+        streams, in as many slots) a pause of at most EVENTS_POLL_MS: True, read again."""
+        if user_id:
+            k = shard_of_user(user_id, self.shard_count)
+            return self.shards[k].wait_for_events(self._place_in(after, k), timeout_ms)
+        time.sleep(min(timeout_ms, EVENTS_POLL_MS) / 1000)
+        return True
 
-    def _events_shard(self, user_id: str | None) -> TokenStore:
-        if not user_id:
-            raise EventsNeedUser()
-        return self._for_user(user_id)
+    def _place_in(self, after: str | None, shard: int) -> str | None:
+        """A cursor of one shard's stream: `after` itself, or its place in that shard when it
+        is a cursor of the merged feed."""
+        if not after or feed.STREAM_ID.fullmatch(after):
+            return after
+        return feed.stream_id(feed.decode(after, self.shard_count)[shard])
 
     def sweep(self, holder: str, lease_ms: int, batch: int) -> int | None:
         """Every shard's sweep (each under its own lease): expiries told, or None while

@@ -1,0 +1,175 @@
+"""The whole store's event feed when the store has S > 1 shards (see *Sharding* in
+``sessionsvc.store``).
+
+Each shard writes its own stream. The feed reads every shard's next events in one
+pipeline and merges them by Redis time (then shard, then sequence). Its cursor names a
+place in every shard's stream, so that reading on from it neither loses nor repeats an
+event, whatever order the shards' events were written in:
+
+    s<base>.<place in shard 0>.<place in shard 1>. ... (exactly S places)
+
+``base`` is a time in ms; a place is empty (before the shard's first event: ``0-0``) or
+``<ms - base>``, followed by ``_<sequence>`` when that is not 0; numbers in base 36. A
+one-store cursor (``<ms>-<sequence>``, a stream entry id) is taken as that place in every
+shard: a time to read from.
+
+Order. One user's events (one shard) come in exact order. Across shards they come in the
+order of the Redis time their masters gave them, as far as it was known when read: an event
+written after a read with a time no later than the events that read served (two shards in
+the same millisecond; masters whose clocks differ) comes in the next read, not in its
+time's place: late, never lost or repeated. A whole-store clear is one ``cleared`` event
+per shard, each with the count it removed there (they add up to the clear's answer).
+
+Cost. A read runs the events script on every shard, each reading at most
+``shard_batch(S, limit)`` entries (with a type filter, scanning at most
+``scan_budget(S, limit)``): about ``MERGE_ENTRIES`` entries in all, whatever S and
+`limit`. Events are served up to the earliest place where a shard may hold more, so a
+page can be shorter than `limit` while more events are held; `next` always moves on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from .events import events_answer
+from .records import BadCursor, Event, EventPage, EventsTrimmed
+
+# Entries one read of the merged feed asks of all shards together (at least MIN_BATCH each).
+MERGE_ENTRIES = 4000
+MIN_BATCH = 16
+# The greatest sequence number a stream entry id may have: the place just before X-0.
+LAST_SEQUENCE = 2**64 - 1
+
+Place = tuple[int, int]  # (ms, sequence): a stream entry id; (0, 0) is before every entry
+STREAM_ID = re.compile(r"([0-9]{1,15})-([0-9]{1,15})")
+PLACE = re.compile(r"([0-9a-z]{1,11})(?:_([0-9a-z]{1,13}))?")
+
+
+def shard_batch(shards: int, limit: int) -> int:
+    return min(limit, max(MIN_BATCH, MERGE_ENTRIES // shards))
+
+
+def scan_budget(shards: int, limit: int) -> int:
+    return max(shard_batch(shards, limit), MERGE_ENTRIES // shards)
+
+
+def _base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not number:
+            return digits
+
+
+def encode(places: Sequence[Place]) -> str:
+    base = min((ms for ms, _ in places if ms), default=0)
+    parts = [
+        "" if place == (0, 0) else _base36(place[0] - base) + (f"_{_base36(place[1])}" if place[1] else "")
+        for place in places
+    ]
+    return f"s{_base36(base)}." + ".".join(parts)
+
+
+def decode(cursor: str, shards: int) -> list[Place]:
+    """The place in each of `shards` streams that `cursor` names. Raises BadCursor."""
+    stream_id = STREAM_ID.fullmatch(cursor)
+    if stream_id:
+        return [(int(stream_id[1]), int(stream_id[2]))] * shards
+    head, _, rest = cursor.partition(".")
+    parts = rest.split(".")
+    if not head.startswith("s") or len(parts) != shards:
+        raise BadCursor(shards)
+    try:
+        base = int(head[1:], 36)
+        places = []
+        for part in parts:
+            if not part:
+                places.append((0, 0))
+                continue
+            match = PLACE.fullmatch(part)
+            if not match:
+                raise ValueError(part)
+            places.append((base + int(match[1], 36), int(match[2] or "0", 36)))
+    except ValueError:
+        raise BadCursor(shards) from None
+    return places
+
+
+def place_of(cursor: str) -> Place:
+    ms, _, sequence = cursor.partition("-")
+    return int(ms), int(sequence)
+
+
+def stream_id(place: Place) -> str:
+    return f"{place[0]}-{place[1]}"
+
+
+def just_before(place: Place) -> Place:
+    ms, sequence = place
+    return (ms, sequence - 1) if sequence else (ms - 1, LAST_SEQUENCE)
+
+
+def _key(place: Place, shard: int) -> tuple[int, int, int]:
+    """The merge order: Redis time, then shard, then sequence."""
+    return place[0], shard, place[1]
+
+
+def merged_events(store, after: str | None, limit: int, event_type: str | None) -> EventPage:
+    """The whole store's events after `after`, oldest first, at most `limit` (see above).
+    `store` is a ``ShardedStore``. Raises EventsTrimmed (naming, for every shard whose
+    place is older than its oldest event held, that event's place) and BadCursor."""
+    shards = store.shards
+    count = len(shards)
+    places = decode(after, count) if after else None
+    batch, budget = shard_batch(count, limit), scan_budget(count, limit)
+    arguments = [
+        ("" if places is None else stream_id(places[k]), batch, budget, "", event_type or "")
+        for k in range(count)
+    ]
+    replies = store._fan_out_each("events", arguments)
+    answers, trimmed = [], {}
+    for k, reply in enumerate(replies):
+        try:
+            answers.append(events_answer(reply))
+        except EventsTrimmed as error:
+            trimmed[k] = place_of(error.oldest)
+    if trimmed:
+        held = [trimmed.get(k, places[k]) for k in range(count)]
+        raise EventsTrimmed(encode(held))
+
+    # Serve up to the earliest place where a shard that did not end may hold more.
+    frontier = min(
+        (_key(place_of(next_cursor), k) for k, (_, next_cursor, ended) in enumerate(answers) if not ended),
+        default=None,
+    )
+    candidates = sorted(
+        (key, index)
+        for k, (events, _, _) in enumerate(answers)
+        for index, event in enumerate(events)
+        for key in (_key(place_of(event.cursor), k),)
+        if frontier is None or key <= frontier
+    )[:limit]
+
+    served = [0] * count  # events of each shard served so far
+
+    def place(k: int) -> Place:
+        # Where shard k's reading stands once its first served[k] events are served: past
+        # every entry read when all were (a filter's passed-over entries included), else
+        # at the last one served, else just before the first one read.
+        events, next_cursor, _ = answers[k]
+        if served[k] == len(events):
+            return place_of(next_cursor)
+        if served[k]:
+            return place_of(events[served[k] - 1].cursor)
+        return just_before(place_of(events[0].cursor))
+
+    current = [place(k) for k in range(count)]
+    out: list[Event] = []
+    for (_, k, _), index in candidates:
+        served[k] += 1
+        current[k] = place(k)
+        out.append(answers[k][0][index]._replace(cursor=encode(current)))
+    final = [place(k) for k in range(count)]
+    return EventPage(out, encode(final))
