@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -150,6 +151,33 @@ def test_list_rejects_out_of_range_query_naming_the_field(client, query, field):
 def test_list_limit_of_100_is_allowed(client, save):
     save()
     assert client.get(API, query_string={"limit": 100}).json["pagination"]["limit"] == 100
+
+
+def links(response) -> dict[str, str]:
+    return {
+        relation: target
+        for target, relation in re.findall(r'<([^>]*)>; rel="([a-z]+)"', response.headers["Link"])
+    }
+
+
+def test_list_pages_carry_rfc8288_links(client, save):
+    for _ in range(5):
+        save(user_id="usr_pages")
+    middle = links(client.get(API, query_string={"page": 2, "limit": 2, "user_id": "usr_pages"}))
+    assert middle == {
+        "first": f"{API}?page=1&limit=2&user_id=usr_pages",
+        "prev": f"{API}?page=1&limit=2&user_id=usr_pages",
+        "next": f"{API}?page=3&limit=2&user_id=usr_pages",
+        "last": f"{API}?page=3&limit=2&user_id=usr_pages",
+    }
+    assert set(links(client.get(API, query_string={"limit": 2}))) == {"first", "next", "last"}
+    assert set(links(client.get(API, query_string={"page": 3, "limit": 2}))) == {"first", "prev", "last"}
+    beyond = links(client.get(API, query_string={"page": 9, "limit": 2}))
+    assert beyond["prev"] == beyond["last"] == f"{API}?page=3&limit=2"
+
+
+def test_an_empty_listing_links_to_its_one_page(client):
+    assert links(client.get(API)) == {"first": f"{API}?page=1&limit=20", "last": f"{API}?page=1&limit=20"}
 
 
 # --- current / validity -----------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""What operators and API consumers read: health, metrics, the OpenAPI document, Link
-headers, log formatting. Each app test runs on fakeredis and on the private redis-server."""
+"""What operators and API consumers read: health, metrics, the OpenAPI document, log
+formatting. Each app test runs on fakeredis and on the private redis-server."""
 
 from __future__ import annotations
 
@@ -100,7 +100,6 @@ def test_repeated_scrapes_run_the_census_script_once_per_interval(app, backend, 
     monkeypatch.setattr(ops, "monotonic", lambda: later)
     assert metric(client.get("/metrics").get_data(as_text=True), "sessionsvc_records") == 0
     assert len(census) == 2
-
 
 
 def test_metrics_count_requests_by_route_template_and_store_figures(client, save, raw, shards):
@@ -377,36 +376,6 @@ def test_contract_examples_are_in_the_committed_document():
     assert created["id"] == "store_002" and created["created_at"] == "2026-03-26T09:20:00Z"
     cleared = document["paths"][API]["delete"]["responses"]["200"]["content"]["application/json"]["example"]
     assert cleared == {"cleared": True, "message": "All session tokens cleared from secure storage"}
-
-
-# --- Link headers -----------------------------------------------------------------------
-
-
-def links(response) -> dict[str, str]:
-    return {
-        relation: target
-        for target, relation in re.findall(r'<([^>]*)>; rel="([a-z]+)"', response.headers["Link"])
-    }
-
-
-def test_list_pages_carry_rfc8288_links(client, save):
-    for _ in range(5):
-        save(user_id="usr_pages")
-    middle = links(client.get(API, query_string={"page": 2, "limit": 2, "user_id": "usr_pages"}))
-    assert middle == {
-        "first": f"{API}?page=1&limit=2&user_id=usr_pages",
-        "prev": f"{API}?page=1&limit=2&user_id=usr_pages",
-        "next": f"{API}?page=3&limit=2&user_id=usr_pages",
-        "last": f"{API}?page=3&limit=2&user_id=usr_pages",
-    }
-    assert set(links(client.get(API, query_string={"limit": 2}))) == {"first", "next", "last"}
-    assert set(links(client.get(API, query_string={"page": 3, "limit": 2}))) == {"first", "prev", "last"}
-    beyond = links(client.get(API, query_string={"page": 9, "limit": 2}))
-    assert beyond["prev"] == beyond["last"] == f"{API}?page=3&limit=2"
-
-
-def test_an_empty_listing_links_to_its_one_page(client):
-    assert links(client.get(API)) == {"first": f"{API}?page=1&limit=20", "last": f"{API}?page=1&limit=20"}
 
 
 # --- log formatting ---------------------------------------------------------------------
