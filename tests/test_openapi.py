@@ -246,6 +246,17 @@ def test_no_optional_header_has_an_example_try_it_out_would_send(document):
     assert not [parameter for parameter in headers if "example" in parameter or "example" in parameter["schema"]]
 
 
+def test_openapi_documents_idempotency_key_if_match_and_links(client):
+    spec = client.get("/openapi.json").json
+    post = spec["paths"][API]["post"]
+    put = spec["paths"][f"{API}/{{record_id}}"]["put"]
+    assert [p["name"] for p in post["parameters"] if p["in"] == "header"] == ["Idempotency-Key"]
+    assert [p["name"] for p in put["parameters"] if p["in"] == "header"] == ["If-Match"]
+    assert "412" in put["responses"]
+    assert set(post["responses"]["201"]["links"]) == {"GetToken", "RefreshToken", "DeleteToken"}
+    assert {"Location", "ETag"} <= set(post["responses"]["201"]["headers"])
+
+
 def test_contract_examples_are_in_the_committed_document():
     """As of the contract's moment, which the served document is dated from."""
     document = json.loads((ROOT / "openapi.json").read_text())
