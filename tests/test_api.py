@@ -340,6 +340,16 @@ def test_unknown_route_and_wrong_method_are_json(client):
     assert response.status_code == 405 and response.is_json
 
 
+@pytest.mark.parametrize("literal", ["current", "validity"])
+@pytest.mark.parametrize("method", ["put", "delete"])
+def test_literal_routes_refuse_item_methods_instead_of_looking_up_a_record(client, save, literal, method):
+    save()
+    response = getattr(client, method)(f"{API}/{literal}", json={"token": "abc", "expires_at": future()})
+    assert response.status_code == 405 and response.is_json
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "OPTIONS"}
+    assert client.open(f"{API}/{literal}", method="OPTIONS").headers["Allow"].count("PUT") == 0
+
+
 def test_openapi_lists_the_eight_operations(client):
     spec = client.get("/openapi.json").json
     operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item
