@@ -4,12 +4,12 @@ Both apps are called in process through WSGI (no gunicorn, no sockets). Each Lua
 runs once against a private redis-server and its reply is then replayed, so what is
 measured is Python alone: routing, validation, encryption, logging, metrics, rendering.
 
-    python -m bench.app_cost                   # µs per request (best of several repeats)
+    python -m bench.app_cost                   # time per request (best of several repeats)
     python -m bench.app_cost --instructions    # instructions per request, under valgrind
 
 Timings move with the machine; instruction counts (valgrind's cachegrind, the difference
-between runs of 100 and 400 requests, over 300) are the same from run to run to within
-about 1 %, which is what makes a 5 % change visible here.
+between runs of 100 and 400 requests, over 300) barely move from run to run, so a change
+too small for the timings to show still shows in them (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ parsing and access line, the app, redis-py and its socket calls (the kernel's sh
 redis-server are not). Sync, not the production gevent: one request at a time, so the
 count is the request's own, not a share of whatever else the event loop was doing.
 
-    python -m bench.stack_cost                       # every endpoint, ~15 minutes
+    python -m bench.stack_cost                       # every endpoint (slow: all under valgrind)
     python -m bench.stack_cost --cases get_id,post   # some of them
     python -m bench.stack_cost --no-valgrind         # the same requests, nothing counted (smoke test)
 
 valgrind runs its x86 code without the SHA extensions, so SHA-256 (HMAC fingerprints,
-digests) counts several times what it costs on the real CPU: the service's figures lean
-high by ~40k instructions per request that hashes a token.
+digests) counts several times what it costs on the real CPU: the service's figure leans
+high for every request that hashes a token.
 """
 
 from __future__ import annotations
