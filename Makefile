@@ -21,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The fast core (under a minute): no browser, topology, fault-injection or slow tests.
+# The fast core, the quick check while developing: no browser, topology, fault-injection or slow tests.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not browser and not topology and not faults and not slow"
 
