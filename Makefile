@@ -21,23 +21,23 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The fast core (under a minute): no browser, topology, fault-injection or slow tests.
+# The fast core, the quick check while developing: no browser, topology, fault-injection or slow tests.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not browser and not topology and not faults and not slow"
 
 # Service vs its ceiling on a private redis-server (needs wrk); see docs/benchmarks.md.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 bench-scale: $(STAMP)
-	$(BIN)/python bench/run.py --scale
+	$(BIN)/python -m bench.run --scale
 
 # One store sharded by user: whole-store reads against S, and Redis CPU per master on a 3-master Cluster.
 bench-shards: $(STAMP)
-	$(BIN)/python bench/sharding.py
+	$(BIN)/python -m bench.sharding
 # Bounded (3 minutes): two gunicorn workers on a private AOF Redis that is killed and restarted once.
 soak: $(STAMP)
-	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

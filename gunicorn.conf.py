@@ -29,7 +29,7 @@ bind = [os.environ.get("SESSIONSVC_BIND", "127.0.0.1:8000")]
 # The embedded store lives in one process's memory: every request must reach that process.
 workers = 1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", "2"))
 # gevent, 2 workers: of sync, gthread and gevent, the most requests/s for the mixed
-# workload on 2 cores (`python bench/run.py --sweep`). SESSIONSVC_WORKER_CLASS=gthread
+# workload on 2 cores (`python -m bench.run --sweep`). SESSIONSVC_WORKER_CLASS=gthread
 # (with SESSIONSVC_THREADS per worker) is the no-monkey-patching alternative. gevent,
 # gthread and sync name the service's subclasses (sessionsvc/workers.py: gunicorn's own
 # refusals answered as JSON); any other value goes to gunicorn unchanged.

@@ -4,12 +4,12 @@ Both apps are called in process through WSGI (no gunicorn, no sockets). Each Lua
 runs once against a private redis-server and its reply is then replayed, so what is
 measured is Python alone: routing, validation, encryption, logging, metrics, rendering.
 
-    python bench/app_cost.py                   # µs per request (best of several repeats)
-    python bench/app_cost.py --instructions    # instructions per request, under valgrind
+    python -m bench.app_cost                   # time per request (best of several repeats)
+    python -m bench.app_cost --instructions    # instructions per request, under valgrind
 
 Timings move with the machine; instruction counts (valgrind's cachegrind, the difference
-between runs of 100 and 400 requests, over 300) are the same from run to run to within
-about 1 %, which is what makes a 5 % change visible here.
+between runs of 100 and 400 requests, over 300) barely move from run to run, so a change
+too small for the timings to show still shows in them (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.run import BASELINE_PREFIX, PREFIX, SERVICE_PREFIX, bench_token, iso
+from tests.redis_server import RedisServer
 
-from bench.run import BASELINE_PREFIX, PREFIX, SERVICE_PREFIX, bench_token, iso, redis_server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CASES = {  # name: (method, path, query)
     "get_id": ("GET", f"{PREFIX}/store_001", ""),
@@ -170,8 +170,8 @@ def instructions(cases: list[str]) -> None:
     """Each case and side under valgrind twice (100 and 400 requests): instructions per request."""
     def count(name: str, side: str, requests: int) -> int:
         command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                   sys.executable, __file__, "--only", name, "--side", side, "--count", str(requests)]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+                   sys.executable, "-m", "bench.app_cost", "--only", name, "--side", side, "--count", str(requests)]
+        output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stderr
         return int(re.search(r"I\s+refs:\s+([\d,]+)", output).group(1).replace(",", ""))
 
     print(f"{'endpoint':10} {'service':>10} {'baseline':>10} {'ratio':>6}   (instructions per request)")
@@ -197,8 +197,8 @@ def main() -> None:
         instructions(cases)
         return
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="app-cost-metrics-"))
-    with tempfile.TemporaryDirectory() as directory, redis_server(Path(directory)) as url:
-        apps, bodies = prepare(url, Path(directory))
+    with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory)) as redis_server:
+        apps, bodies = prepare(redis_server.url, Path(directory))
         if args.only:  # one side, one case, `--count` times: what --instructions measures
             method, path, query = CASES[args.only]
             for _ in range(args.count):

@@ -1,6 +1,6 @@
 """Capacity figures for docs/scaling.md, measured on a private redis-server.
 
-    .venv/bin/python bench/capacity.py [--records 20000] [--users 2000]
+    .venv/bin/python -m bench.capacity [--records 20000] [--users 2000]
 
 1. Memory: records per GB with realistic ~800-character tokens (sealed as the service
    seals them), including their three index entries.
@@ -19,22 +19,18 @@ import hashlib
 import random
 import statistics
 import string
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.run import redis_server  # noqa: E402
-from bench.same_work import PRUNE_BATCH, SameWork  # noqa: E402
-from sessionsvc import create_app  # noqa: E402
-from sessionsvc.config import Config  # noqa: E402
-from sessionsvc.crypto import generate_key  # noqa: E402
-from sessionsvc.vault import TokenVault  # noqa: E402
+from bench.same_work import PRUNE_BATCH, SameWork
+from sessionsvc import create_app
+from sessionsvc.config import Config
+from sessionsvc.crypto import generate_key
+from sessionsvc.vault import TokenVault
+from tests.redis_server import RedisServer
 
 TOKEN_LENGTH = 800
 BATCH = 200
@@ -141,7 +137,8 @@ def main() -> None:
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sessionsvc-capacity-") as directory, \
-            redis_server(Path(directory)) as url:
+            RedisServer(Path(directory)) as redis_server:
+        url = redis_server.url
         client = redis.Redis.from_url(url)
         config = Config(redis_url=url, encryption_keys=(generate_key("bench"),), key_prefix=PREFIX)
         filled = fill(create_app(config).extensions["sessionsvc"], client, options.records, options.users)

@@ -1,18 +1,21 @@
 """Benchmarks: the service against its ceiling, side by side, on a private redis-server.
 
-    python bench/run.py            # `make bench`: the table (service vs baseline, 6 endpoints)
-    python bench/run.py --sweep    # gunicorn worker classes and counts, mixed workload
-    python bench/run.py --scale    # `make bench-scale`: growth 1k -> 100k -> 1M records
-    python bench/run.py --memory   # Redis bytes per record and per index structure
-    python bench/run.py --burst    # 100k records expiring in the same second
+    python -m bench.run            # `make bench`: the table (service vs baseline, 6 endpoints)
+    python -m bench.run --sweep    # gunicorn worker classes and counts, mixed workload
+    python -m bench.run --scale    # `make bench-scale`: growth 1k -> 100k -> 1M records
+    python -m bench.run --memory   # Redis bytes per record and per index structure
+    python -m bench.run --burst    # 100k records expiring in the same second
 
-Everything runs on loopback: a redis-server on a free port (never the machine's shared
-one), the service under its production gunicorn settings (`gunicorn.conf.py`) and the
-baseline (`bench/baseline_app.py`) under the same settings, each with its own key prefix
-in that Redis and the same seeded records. Load comes from wrk (`bench/wrk.lua`), or from a
-small Python loop (`--driver python`, used by the smoke test). Results go to
-`bench/results/*.json` and, unless `--no-docs`, into the marked sections of
-`docs/benchmarks.md`.
+(from the repository root, as every bench/ script: they import `bench`, `sessionsvc` and
+`tests.redis_server` from there.)
+
+Everything runs on loopback: a private redis-server on a free port (tests/redis_server.py;
+never the machine's shared one), the service under its production gunicorn settings
+(`gunicorn.conf.py`) and the baseline (`bench/baseline_app.py`) under the same settings,
+each with its own key prefix in that Redis and the same seeded records. Load comes from
+wrk (`bench/wrk.lua`), or from a small Python loop (`--driver python`, used by the smoke
+test). Results go to `bench/results/*.json` and, unless `--no-docs`, into the marked
+sections of `docs/benchmarks.md`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,16 +42,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
+from bench.same_work import SameWork
+from sessionsvc import create_app
+from sessionsvc.config import Config
+from sessionsvc.crypto import generate_key
+from tests.redis_server import RedisServer, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-
-from bench.same_work import SameWork  # noqa: E402
-from sessionsvc import create_app  # noqa: E402
-from sessionsvc.config import Config  # noqa: E402
-from sessionsvc.crypto import generate_key  # noqa: E402
-
 PREFIX = "/api/v1/session-storage"
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -79,22 +80,6 @@ def iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def free_port(with_bus: bool = False) -> int:
-    """A free loopback port; `with_bus` also needs port + 10000 free (a cluster node's bus)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if not with_bus:
-            return port
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus, contextlib.suppress(OSError):
-            bus.bind(("127.0.0.1", port + 10000))
-            return port
-    raise RuntimeError("no free port pair")
-
-
 def bench_token(tag: str, chars: int) -> str:
     """A JWT-shaped token of `chars` characters, unique per tag."""
     head = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9.{tag}."
@@ -102,33 +87,6 @@ def bench_token(tag: str, chars: int) -> str:
 
 
 # --- processes ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def redis_server(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]:
-    """A private redis-server on a free loopback port, no persistence; yields its URL.
-    `options` are extra `--name value` pairs for redis-server (e.g. encoding thresholds)."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log"), *options],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("private redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(10)
 
 
 def clean_environment(**settings: str) -> dict[str, str]:
@@ -450,7 +408,8 @@ class Bench:
 
     def main_table(self) -> dict:
         args = self.args
-        with redis_server(self.workdir) as url:
+        with RedisServer(self.workdir) as redis_server:
+            url = redis_server.url
             log(f"seeding {args.seed} records per side ...")
             seed(url, self.key, args.seed, token_chars=args.token_chars)
             seed(url, None, args.seed, key_prefix=BASELINE_PREFIX, token_chars=args.token_chars)
@@ -471,7 +430,8 @@ class Bench:
     def sweep(self) -> dict:
         args = self.args
         rows = []
-        with redis_server(self.workdir) as url:
+        with RedisServer(self.workdir) as redis_server:
+            url = redis_server.url
             seed(url, self.key, args.seed, token_chars=args.token_chars)
             seed(url, None, args.seed, key_prefix=BASELINE_PREFIX, token_chars=args.token_chars)
             for config in args.sweep_configs.split(","):
@@ -508,7 +468,8 @@ class Bench:
         }
         rows: dict[str, dict[str, dict]] = {name: {} for name in probes}
         seeded = 0
-        with redis_server(self.workdir) as url:
+        with RedisServer(self.workdir) as redis_server:
+            url = redis_server.url
             client = redis.Redis.from_url(url)
             with gunicorn("wsgi:app", self.service_env(url), self.workdir, "service-scale") as service:
                 for size in sizes:
@@ -540,7 +501,8 @@ class Bench:
         count = args.memory_records
         options = tuple(part for option in args.redis_option
                         for part in ("--" + option.split()[0], *option.split()[1:]))
-        with redis_server(self.workdir, options) as url:
+        with RedisServer(self.workdir, *options) as redis_server:
+            url = redis_server.url
             client = redis.Redis.from_url(url)
             client.ping()
             before = client.info("memory")["used_memory"]
@@ -589,7 +551,8 @@ class Bench:
         window = args.burst_seconds
         result: dict = {"records": args.burst_records, "window_seconds": window,
                         "first_seconds": min(window, args.burst_first), "normal_seconds": args.burst_normal}
-        with redis_server(self.workdir) as url:
+        with RedisServer(self.workdir) as redis_server:
+            url = redis_server.url
             client = redis.Redis.from_url(url)
             env = self.service_env(url, SESSIONSVC_RETENTION_SECONDS="0")
             with gunicorn("wsgi:app", env, self.workdir, "service-burst") as service:
@@ -849,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.driver == "wrk" and shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk), or use --driver python")
     runs = [name for name in ("sweep", "scale", "memory", "burst") if getattr(args, name)] or ["main"]
-    command = "python bench/run.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
+    command = "python -m bench.run" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sessionsvc-bench-") as workdir:

@@ -1,7 +1,7 @@
 """Sharding one store by user (SESSIONSVC_SHARDS): what it costs Redis, measured through the
 service's own vault on private redis-servers.
 
-    .venv/bin/python bench/sharding.py [--records 20000] [--users 2000] [--shards 1,4,16,64]
+    .venv/bin/python -m bench.sharding [--records 20000] [--users 2000] [--shards 1,4,16,64]
     make bench-shards
 
 1. Whole-store reads as a function of S, on one redis-server: page 1 and the deepest page
@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,16 +37,14 @@ from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.capacity import jwt_like, redis_cpu  # noqa: E402
-from bench.run import MIX, free_port, redis_server  # noqa: E402
-from sessionsvc import create_app  # noqa: E402
-from sessionsvc.config import Config  # noqa: E402
-from sessionsvc.crypto import generate_key  # noqa: E402
-from sessionsvc.store import format_id, max_global_depth  # noqa: E402
-from sessionsvc.vault import TokenVault  # noqa: E402
+from bench.capacity import jwt_like, redis_cpu
+from bench.run import MIX
+from sessionsvc import create_app
+from sessionsvc.config import Config
+from sessionsvc.crypto import generate_key
+from sessionsvc.store import format_id, max_global_depth
+from sessionsvc.vault import TokenVault
+from tests.redis_server import REDIS_CLI, RedisServer, wait_until
 
 KEYS = (generate_key("bench"),)
 MIX_KINDS = [kind for kind, weight in MIX for _ in range(weight)]
@@ -141,37 +137,16 @@ def print_row(row: dict) -> None:
 
 @contextlib.contextmanager
 def cluster(workdir: Path, masters: int) -> Iterator[list[str]]:
-    """`masters` redis-servers made one Cluster with redis-cli (slots split evenly)."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    processes, ports = [], []
-    try:
-        for index in range(masters):
-            directory, port = workdir / f"node{index}", free_port(with_bus=True)
-            directory.mkdir()
-            processes.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(directory), "--logfile", str(directory / "redis.log"),
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            ports.append(port)
-        nodes = [redis.Redis(port=port) for port in ports]
-        for node in nodes:
-            for _ in range(200):
-                with contextlib.suppress(redis.ConnectionError):
-                    if node.ping():
-                        break
-                time.sleep(0.05)
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports),
+    """`masters` private redis-servers made one Cluster with redis-cli (slots split evenly)."""
+    with contextlib.ExitStack() as stack:
+        nodes = [stack.enter_context(RedisServer(workdir / f"node{index}", "--cluster-enabled", "yes",
+                                                 "--cluster-config-file", "nodes.conf", with_bus=True))
+                 for index in range(masters)]
+        subprocess.run([REDIS_CLI or "redis-cli", "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in nodes),
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        for _ in range(200):
-            if all(node.cluster("info")["cluster_state"] == "ok" for node in nodes):
-                break
-            time.sleep(0.1)
-        yield [f"redis://127.0.0.1:{port}/0" for port in ports]
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
+        wait_until(lambda: all(node.client().cluster("info")["cluster_state"] == "ok" for node in nodes),
+                   timeout=20, what="the cluster to agree on its slots")
+        yield [node.url for node in nodes]
 
 
 def mixed_operation(vault: TokenVault, numbers: list[int], users: int, rng: random.Random,
@@ -233,8 +208,8 @@ def main() -> None:
     shard_counts = [int(value) for value in options.shards.split(",")]
     print(f"{options.records} records of 800-character tokens for {options.users} users per store")
     with tempfile.TemporaryDirectory(prefix="sessionsvc-shards-") as directory, \
-            redis_server(Path(directory)) as url:
-        whole_store_costs(url, shard_counts, options.records, options.users, options.calls)
+            RedisServer(Path(directory)) as redis_server:
+        whole_store_costs(redis_server.url, shard_counts, options.records, options.users, options.calls)
     if not options.skip_cluster:
         cluster_balance(options.records, options.users, options.operations)
 

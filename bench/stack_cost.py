@@ -9,13 +9,13 @@ parsing and access line, the app, redis-py and its socket calls (the kernel's sh
 redis-server are not). Sync, not the production gevent: one request at a time, so the
 count is the request's own, not a share of whatever else the event loop was doing.
 
-    python bench/stack_cost.py                       # every endpoint, ~15 minutes
-    python bench/stack_cost.py --cases get_id,post   # some of them
-    python bench/stack_cost.py --no-valgrind         # the same requests, nothing counted (smoke test)
+    python -m bench.stack_cost                       # every endpoint (slow: all under valgrind)
+    python -m bench.stack_cost --cases get_id,post   # some of them
+    python -m bench.stack_cost --no-valgrind         # the same requests, nothing counted (smoke test)
 
 valgrind runs its x86 code without the SHA extensions, so SHA-256 (HMAC fingerprints,
-digests) counts several times what it costs on the real CPU: the service's figures lean
-high by ~40k instructions per request that hashes a token.
+digests) counts several times what it costs on the real CPU: the service's figure leans
+high for every request that hashes a token.
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import contextlib
 import http.client
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.run import BASELINE_PREFIX, ENDPOINTS, Bench, RequestMaker, gunicorn, redis_server, seed  # noqa: E402
+from bench.run import BASELINE_PREFIX, ENDPOINTS, Bench, RequestMaker, gunicorn, seed
+from tests.redis_server import RedisServer
 
 RECORDS = 100
 WARMUP = 20
@@ -105,8 +102,8 @@ def main() -> None:
     parser.add_argument("--no-valgrind", dest="counted", action="store_false", help="send the requests only")
     args = parser.parse_args()
     print(f"{'endpoint':10} {'service':>10} {'baseline':>10} {'ratio':>6}   (instructions per request, whole stack)")
-    with tempfile.TemporaryDirectory() as directory, redis_server(Path(directory)) as url:
-        workdir = Path(directory)
+    with tempfile.TemporaryDirectory() as directory, RedisServer(Path(directory)) as redis_server:
+        url, workdir = redis_server.url, Path(directory)
         bench = Bench(argparse.Namespace(driver="python"), workdir)  # the key, expiry and settings of `make bench`
         seed(url, bench.key, RECORDS)
         seed(url, None, RECORDS, key_prefix=BASELINE_PREFIX)

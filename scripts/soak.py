@@ -4,7 +4,7 @@ was lost, that the indexes are consistent, and that the event stream holds exact
 event for every acknowledged write (and none for writes that never happened).
 
     make soak                                    # 180 s, 8 client threads
-    .venv/bin/python scripts/soak.py --seconds 60 --threads 4
+    .venv/bin/python -m scripts.soak --seconds 60 --threads 4   # from the repository root
 
 Loopback only: it starts its own redis-server and gunicorn on free 127.0.0.1 ports and
 stops both (and itself) when the time is up. Exit status 0 only if there was no 500, no
@@ -32,12 +32,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from sessionsvc.crypto import generate_key
+from tests.invariants import index_problems
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
-from invariants import index_problems  # noqa: E402 - from tests/, put on the path above
-from redis_server import RedisServer, free_port  # noqa: E402
-from sessionsvc.crypto import generate_key  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 API = "/api/v1/session-storage"
 PREFIX = "soak"
@@ -303,8 +302,8 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=2.0, help="seconds Redis stays down (default 2)")
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no"])
     options = parser.parse_args()
-    if not shutil.which("redis-server"):
-        print("soak: needs redis-server on PATH", file=sys.stderr)
+    if REDIS_SERVER is None:
+        print("soak: needs redis-server (on PATH, /usr/bin or /usr/local/bin)", file=sys.stderr)
         return 2
 
     workdir = Path(tempfile.mkdtemp(prefix="sessionsvc-soak-"))

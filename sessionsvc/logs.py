@@ -214,8 +214,9 @@ def lean_log_records() -> None:
     """No line written here names the file, line, function, thread or process that logged
     it, so logging need not look them up for every record: the optimisations the Python
     logging HOWTO gives (``logging._srcfile = None``, ``logThreads``, ``logProcesses``,
-    ``logMultiprocessing``). Under gevent the thread lookup alone is a few µs a record.
-    Records then say "(unknown file)" and carry no thread or process names."""
+    ``logMultiprocessing``). Under gevent the thread lookup is not cheap: every greenlet
+    counts as a thread, looked up again for every record. Records then say "(unknown
+    file)" and carry no thread or process names."""
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = False
     logging.logProcesses = False

@@ -323,7 +323,7 @@ class Pagination(Schema):
 class Summaries(fields.List):
     """A list of TokenSummary, as the OpenAPI document says, rendered here record by record
     rather than by marshmallow field by field: a bypass kept because on a full page it buys
-    far more than the 10 % of listing throughput the project asks of one (docs/benchmarks.md).
+    far more listing throughput than the project asks of a bypass (docs/benchmarks.md).
     tests/test_schemas.py holds the render to what `TokenSummary(many=True).dump` gives."""
 
     def __init__(self, **kwargs: Any):

@@ -5,7 +5,6 @@ touched; the private one is flushed between tests because the tests own it."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -15,6 +14,7 @@ import redis
 from hypothesis import settings as hypothesis_settings
 from pytest_redis import factories
 
+from redis_server import REDIS_SERVER
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.crypto import generate_key
@@ -28,11 +28,10 @@ hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if shutil.os.path.exists("/usr/bin/redis-server") else None
-)
 NO_REDIS_REASON = "no redis-server binary on this machine; real-Redis tier skipped (CI installs one)"
 
+# The session's private redis-server, by pytest-redis on a free port, with the binary every
+# other private redis-server uses (tests/redis_server.py says why two ways remain).
 redis_proc = factories.redis_proc(executable=REDIS_SERVER or "redis-server", port=None)
 
 TEST_KEYS = (generate_key("test"),)

@@ -1,12 +1,10 @@
-"""Redis processes a test starts, kills and stops itself, on free loopback ports: single
-servers, a master with a replica watched by three Sentinels, and a Cluster of masters.
-Never the machine's shared Redis."""
+"""Topologies of private redis-servers a test starts, kills and stops itself: a master with
+a replica watched by three Sentinels, a Cluster of masters, single nodes (one on a unix
+socket). Every node is a redis_server.RedisServer; never the machine's shared Redis."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from redis_server import free_port, wait_until
+from redis_server import REDIS_CLI, REDIS_SERVER, RedisServer, wait_until
 
-REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/local/bin")
-REDIS_CLI = shutil.which("redis-cli") or shutil.which("redis-cli", path="/usr/bin:/usr/local/bin")
 SERVICE = "mymaster"
 
 
@@ -28,41 +24,32 @@ def need_binaries(*names: str) -> None:
         pytest.skip(f"no {', '.join(missing)} binary on this machine (CI installs redis-server and redis-tools)")
 
 
-class RedisNode:
-    """One redis-server (or Sentinel) process."""
+class RedisNode(RedisServer):
+    """One redis-server (or Sentinel) process of a topology, started at once, in its own
+    directory `name` under `directory`."""
 
     def __init__(self, directory: Path, name: str, *args: str, sentinel_conf: str | None = None,
                  with_bus: bool = False, unix_socket: bool = False, password: str | None = None):
+        super().__init__(directory / name, *args, with_bus=with_bus, port=0 if unix_socket else None)
         self.password = password
-        self.directory = directory / name
-        self.directory.mkdir(parents=True)
         self.name = name
         self.unix_socket = str(self.directory / "redis.sock") if unix_socket else None
-        self.port = 0 if unix_socket else free_port(with_bus)
-        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                  "--logfile", str(self.directory / "log"), "--daemonize", "no"]
+        self.sentinel_conf = None
         if sentinel_conf is not None:
-            conf = self.directory / "sentinel.conf"
-            conf.write_text(sentinel_conf)
-            command = [REDIS_SERVER, str(conf), "--sentinel", *common]
-        else:
-            command = [REDIS_SERVER, *common, "--save", "", "--appendonly", "no",
-                       "--repl-diskless-sync-delay", "0", *args]
-            if password:
-                command += ["--requirepass", password, "--masterauth", password]
-            if unix_socket:
-                command += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
-        self.command = command
+            self.sentinel_conf = self.directory / "sentinel.conf"
+            self.sentinel_conf.write_text(sentinel_conf)
         self.start()
 
-    def start(self, *extra: str) -> None:
-        """Start (or start again, on the same port and with the same options, plus `extra`)."""
-        self.process = subprocess.Popen([*self.command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: self.client().ping(), what=f"{self.name} to answer PING")
-        except BaseException:
-            self.kill()  # not yet in anyone's list of nodes to stop
-            raise
+    def command(self) -> list[str]:
+        if self.sentinel_conf is not None:
+            return [REDIS_SERVER, str(self.sentinel_conf), "--sentinel", *self.address_options()]
+        command = [REDIS_SERVER, *self.address_options(), "--save", "", "--appendonly", "no",
+                   "--repl-diskless-sync-delay", "0", *self.options]
+        if self.password:
+            command += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.unix_socket:
+            command += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
+        return command
 
     @property
     def url(self) -> str:
@@ -73,27 +60,6 @@ class RedisNode:
         if self.unix_socket:
             return redis.Redis(unix_socket_path=self.unix_socket, socket_timeout=2, **options)
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, **options)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, no goodbye to replicas or Sentinels."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-    def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @contextlib.contextmanager

@@ -1,11 +1,28 @@
-"""Private redis-servers that a test starts, stops, kills and restarts at will, on free
-loopback ports (never the machine's shared Redis), plus a latency-injecting TCP proxy and
-the small helpers every process-starting test uses (free_port, wait_until)."""
+"""The one way a private redis-server is started, for the tests, bench/ and scripts/: on a
+free loopback port (never the machine's shared Redis) with its own data directory, to be
+stopped, killed, paused and restarted at will; plus `free_port`, `wait_until` and a
+latency-injecting TCP proxy.
+
+Why here: the tests import it as `redis_server` (pytest.ini puts tests/ on the path);
+bench/ and scripts/, run as modules from the repository root (`python -m bench.run`,
+`python -m scripts.soak`, as the Makefile does), import it as `tests.redis_server` (tests/
+is then a namespace package), so nobody edits sys.path. It imports nothing of the tests
+(no pytest, no conftest), so it costs a benchmark nothing; and it stays out of sessionsvc/
+so the service does not ship a process launcher.
+
+The tests' shared Redis (conftest.py's `redis_proc`, flushed before each test that asks
+for `real_redis`) is started by pytest-redis, the project's library for it, with this
+module's REDIS_SERVER. Two ways remain because pytest-redis starts one session-wide
+server with its own fixed options and only inside pytest: whatever a test stops, kills or
+restarts, runs with other options (AOF, cluster mode, Sentinel) or runs outside pytest
+starts here (tests/redis_nodes.py builds Sentinel groups and Clusters from RedisServer).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +34,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest import REDIS_SERVER
+
+def executable(name: str) -> str | None:
+    """`name` on PATH, or where Debian and a source build put it (a sudo or CI PATH may be thin)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin")
+
+
+REDIS_SERVER = executable("redis-server")
+REDIS_CLI = executable("redis-cli")
 
 
 def free_port(with_bus: bool = False) -> int:
@@ -51,12 +75,17 @@ def wait_until(condition, timeout: float = 15.0, interval: float = 0.05, what: s
 
 class RedisServer:
     """One redis-server process on a fixed port and data directory, so a restart finds the
-    same address and the same persistence files."""
+    same address and the same persistence files. No persistence unless `options` (extra
+    `--name value` arguments, which win over the defaults) ask for it.
 
-    def __init__(self, directory: Path, *options: str):
+    `with RedisServer(directory) as server:` starts it (unless started) and stops it."""
+
+    def __init__(self, directory: Path, *options: str, with_bus: bool = False, port: int | None = None):
+        if REDIS_SERVER is None:
+            raise RuntimeError("no redis-server binary on this machine (Debian: apt-get install redis-server)")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port(with_bus) if port is None else port
         self.options = options
         self.process: subprocess.Popen | None = None
 
@@ -64,21 +93,33 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self) -> list[str]:
+        return [REDIS_SERVER, *self.address_options(), "--save", "", "--appendonly", "no",
+                "--enable-debug-command", "yes", *self.options]
+
+    def address_options(self) -> list[str]:
+        """Where it listens and writes: loopback, its directory and log, in the foreground."""
+        return ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--logfile", str(self.directory / "redis.log"), "--daemonize", "no"]
+
     def client(self, **kwargs) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 5)
         kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
-    def start(self, wait: bool = True) -> RedisServer:
-        assert self.process is None or self.process.poll() is not None, "already running"
-        command = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--save", "", "--appendonly", "no", "--enable-debug-command", "yes", "--daemonize", "no",
-            "--logfile", str(self.directory / "redis.log"), *self.options,
-        ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self, *extra: str, wait: bool = True) -> RedisServer:
+        """Start (or start again, on the same port with the same options, plus `extra`
+        arguments); unless told not to, wait until it answers PING."""
+        assert not self.running(), "already running"
+        assert all(isinstance(argument, str) for argument in extra), "pass wait= by name"
+        self.process = subprocess.Popen([*self.command(), *extra], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.kill()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -103,22 +144,44 @@ class RedisServer:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"-LOADING")
 
-    def _signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signum)
-            self.process.wait(timeout=30)
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM): Redis flushes its AOF, if any, and exits."""
-        self._signal(signal.SIGTERM)
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections and answers nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """A clean shutdown (SIGTERM, resumed first if paused): Redis flushes its AOF, if any,
+        and exits; killed if it has not within `timeout` seconds."""
+        if self.running():
+            os.kill(self.process.pid, signal.SIGCONT)
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def kill(self) -> None:
-        """kill -9: no chance to flush anything."""
-        self._signal(signal.SIGKILL)
+        """kill -9: no chance to flush anything, no goodbye to replicas or Sentinels."""
+        if self.running():
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
     def restart(self, wait: bool = True) -> None:
         self.stop()
-        self.start(wait)
+        self.start(wait=wait)
+
+    def __enter__(self) -> RedisServer:
+        if not self.running():
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
 
 class LatencyProxy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -150,6 +151,33 @@ def test_list_rejects_out_of_range_query_naming_the_field(client, query, field):
 def test_list_limit_of_100_is_allowed(client, save):
     save()
     assert client.get(API, query_string={"limit": 100}).json["pagination"]["limit"] == 100
+
+
+def links(response) -> dict[str, str]:
+    return {
+        relation: target
+        for target, relation in re.findall(r'<([^>]*)>; rel="([a-z]+)"', response.headers["Link"])
+    }
+
+
+def test_list_pages_carry_rfc8288_links(client, save):
+    for _ in range(5):
+        save(user_id="usr_pages")
+    middle = links(client.get(API, query_string={"page": 2, "limit": 2, "user_id": "usr_pages"}))
+    assert middle == {
+        "first": f"{API}?page=1&limit=2&user_id=usr_pages",
+        "prev": f"{API}?page=1&limit=2&user_id=usr_pages",
+        "next": f"{API}?page=3&limit=2&user_id=usr_pages",
+        "last": f"{API}?page=3&limit=2&user_id=usr_pages",
+    }
+    assert set(links(client.get(API, query_string={"limit": 2}))) == {"first", "next", "last"}
+    assert set(links(client.get(API, query_string={"page": 3, "limit": 2}))) == {"first", "prev", "last"}
+    beyond = links(client.get(API, query_string={"page": 9, "limit": 2}))
+    assert beyond["prev"] == beyond["last"] == f"{API}?page=3&limit=2"
+
+
+def test_an_empty_listing_links_to_its_one_page(client):
+    assert links(client.get(API)) == {"first": f"{API}?page=1&limit=20", "last": f"{API}?page=1&limit=20"}
 
 
 # --- current / validity -----------------------------------------------------------------
@@ -310,6 +338,16 @@ def test_unknown_route_and_wrong_method_are_json(client):
     assert response.status_code == 405 and response.is_json and response.json["message"]
     response = client.post(f"{API}/current", json={})
     assert response.status_code == 405 and response.is_json
+
+
+@pytest.mark.parametrize("literal", ["current", "validity"])
+@pytest.mark.parametrize("method", ["put", "delete"])
+def test_literal_routes_refuse_item_methods_instead_of_looking_up_a_record(client, save, literal, method):
+    save()
+    response = getattr(client, method)(f"{API}/{literal}", json={"token": "abc", "expires_at": future()})
+    assert response.status_code == 405 and response.is_json
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "OPTIONS"}
+    assert client.open(f"{API}/{literal}", method="OPTIONS").headers["Allow"].count("PUT") == 0
 
 
 def test_openapi_lists_the_eight_operations(client):

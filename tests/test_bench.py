@@ -22,7 +22,7 @@ def run_bench(tmp_path: Path, *options: str) -> dict[str, dict]:
         pytest.skip(NO_REDIS_REASON)
     docs = tmp_path / "benchmarks.md"
     shutil.copy(ROOT / "docs" / "benchmarks.md", docs)
-    command = [sys.executable, "bench/run.py", "--driver", "python", "--warmup", "0", "--rounds", "1",
+    command = [sys.executable, "-m", "bench.run", "--driver", "python", "--warmup", "0", "--rounds", "1",
                "--connections", "2", "--seed", "30", "--results", str(tmp_path), "--docs", str(docs), *options]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_bench_sweep_scale_memory_and_burst_runs_complete(tmp_path):
 def test_app_cost_times_both_apps_on_every_endpoint():
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
-    command = [sys.executable, "bench/app_cost.py", "--number", "3", "--repeat", "1"]
+    command = [sys.executable, "-m", "bench.app_cost", "--number", "3", "--repeat", "1"]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     rows = {line.split()[0] for line in finished.stdout.splitlines()[1:] if line.strip()}
@@ -75,14 +75,13 @@ def test_app_cost_times_both_apps_on_every_endpoint():
 def test_stack_cost_drives_both_sides_under_gunicorn():
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
-    command = [sys.executable, "bench/stack_cost.py", "--no-valgrind", "--cases", "get_id", "--requests", "2"]
+    command = [sys.executable, "-m", "bench.stack_cost", "--no-valgrind", "--cases", "get_id", "--requests", "2"]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     assert finished.stdout.splitlines()[1].split()[0] == "get_id", finished.stdout
 
 
 def test_runs_are_merged_by_their_latencies_not_their_percentiles():
-    sys.path.insert(0, str(ROOT))
     from bench.run import merged_p99
 
     assert merged_p99([[1000, 99]], [[5000, 1]]) == 1.0  # the slow run's one request is the top 1 %

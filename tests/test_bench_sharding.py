@@ -19,7 +19,7 @@ def test_the_sharding_bench_measures_every_shard_count_and_the_cluster():
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
     cluster = [] if REDIS_CLI else ["--skip-cluster"]
-    command = [sys.executable, "bench/sharding.py", "--records", "200", "--users", "20", "--shards", "1,4",
+    command = [sys.executable, "-m", "bench.sharding", "--records", "200", "--users", "20", "--shards", "1,4",
                "--calls", "20", "--operations", "40", *cluster]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]

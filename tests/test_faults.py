@@ -35,7 +35,7 @@ def servers(tmp_path):
     def start(*options: str, wait: bool = True) -> RedisServer:
         server = RedisServer(tmp_path / f"redis{len(started)}", *options)
         started.append(server)
-        return server.start(wait)
+        return server.start(wait=wait)
 
     yield start
     for server in started:

@@ -102,6 +102,23 @@ def test_put_applies_the_same_rules_and_changes_nothing(client, save):
     assert detail["token"] == GOOD["token"] and detail["expires_at"] == created["expires_at"]
 
 
+def test_refresh_body_is_documented_as_closed_like_it_behaves(client, save):
+    spec = client.get("/openapi.json").json
+    assert spec["components"]["schemas"]["TokenRefresh"]["additionalProperties"] is False
+    record = save()
+    response = client.put(f"{API}/{record['id']}", json={"token": "abc", "expires_at": future(), "extra": 1})
+    assert response.status_code == 422 and "extra" in response.json["errors"]["json"]
+
+
+def test_an_empty_user_filter_is_refused_rather_than_clearing_everyone(client, save):
+    save(user_id="alice")
+    response = client.delete(API, query_string={"user_id": ""})
+    assert response.status_code == 422 and "user_id" in response.json["errors"]["query"]
+    assert client.get(API).json["pagination"]["total"] == 1
+    parameters = client.get("/openapi.json").json["paths"][API]["delete"]["parameters"]
+    assert not any(parameter["schema"].get("nullable") for parameter in parameters)
+
+
 def test_malformed_json_is_400(client):
     response = client.post(API, data='{"user_id": ', content_type="application/json")
     assert response.status_code == 400 and response.is_json and response.json["message"]

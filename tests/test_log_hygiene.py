@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 from conftest import API, TEST_KEYS, future
+from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config
 
@@ -30,9 +30,7 @@ def everything_logged(caplog) -> str:
 
 
 def dead_redis_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def test_the_canary_token_never_leaves_except_where_it_is_asked_for(make_app, raw, key_of, caplog, capfd):

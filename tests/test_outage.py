@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from conftest import API, TEST_KEYS, future
+from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dead_client():
-    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=f"redis://127.0.0.1:{closed_port()}/0"))
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     return app.test_client()
 
 

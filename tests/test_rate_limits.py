@@ -4,11 +4,10 @@ the RateLimit-* headers."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from conftest import API, TEST_KEYS, redis_url
+from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config
 
@@ -84,10 +83,7 @@ def test_off_by_default_no_counters_no_headers(client, raw):
 
 
 def test_a_redis_outage_is_answered_by_the_store_not_the_limiter():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=f"redis://127.0.0.1:{port}/0",
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=f"redis://127.0.0.1:{free_port()}/0",
                             rate_limit="100/minute"))
     client = app.test_client()
     for _ in range(2):

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import API, TEST_KEYS, future, redis_url
+from redis_server import free_port
 from sessionsvc import create_app
 from sessionsvc.config import Config, ConfigError
 from sessionsvc.crypto import generate_key
@@ -32,9 +33,7 @@ def bearer(key: str) -> dict:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 @pytest.fixture

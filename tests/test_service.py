@@ -25,9 +25,8 @@ REQUESTS_LINE = re.compile(
 
 @pytest.fixture
 def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Idempotent POST and conditional PUT: a client can retry anything without duplicating a
-record or overwriting a change it has not seen. Every test runs on fakeredis and real Redis."""
+"""Idempotent POST (the Idempotency-Key header): a client can retry a save without
+duplicating a record. Every test runs on fakeredis and real Redis. (Retrying a PUT without
+overwriting a change it has not seen, ETag and If-Match: test_conditional_put.py.)"""
 
 from __future__ import annotations
 
@@ -144,66 +145,3 @@ def test_concurrent_posts_with_one_key_create_exactly_one_record(make_app):
     assert {status for status, _ in answers} == {201}
     assert len({record_id for _, record_id in answers}) == 1
     assert total(apps[0].test_client()) == 1
-
-
-# --- ETag / If-Match --------------------------------------------------------------------
-
-
-def test_every_record_response_carries_its_version_as_etag(client):
-    created = client.post(API, json=body())
-    url = created.headers["Location"]
-    fetched = client.get(url)
-    assert created.headers["ETag"] == fetched.headers["ETag"]
-    refreshed = client.put(url, json={"token": JWT, "expires_at": future()})
-    assert refreshed.headers["ETag"] != fetched.headers["ETag"]
-    assert client.get(url).headers["ETag"] == refreshed.headers["ETag"]
-
-
-def test_put_with_the_current_etag_succeeds(client):
-    url = client.post(API, json=body()).headers["Location"]
-    current = client.get(url).headers["ETag"]
-    response = client.put(url, json={"token": JWT + "2", "expires_at": future()}, headers={"If-Match": current})
-    assert response.status_code == 200
-
-
-def test_put_with_a_stale_etag_is_412_and_changes_nothing(client):
-    url = client.post(API, json=body()).headers["Location"]
-    stale = client.get(url).headers["ETag"]
-    winner = client.put(url, json={"token": JWT + "A", "expires_at": future()}, headers={"If-Match": stale})
-    loser = client.put(url, json={"token": JWT + "B", "expires_at": future()}, headers={"If-Match": stale})
-    assert winner.status_code == 200
-    assert loser.status_code == 412 and loser.json["code"] == 412 and loser.json["message"]
-    assert loser.headers["ETag"] == winner.headers["ETag"]
-    assert client.get(url).json["token"] == JWT + "A"
-
-
-@pytest.mark.parametrize("header, status", [("*", 200), ('"999999", {current}', 200), ('W/{current}', 412),
-                                            ("garbage", 412), ('"998", "999"', 412),
-                                            ('""', 412), ('"", {current}', 200)])  # werkzeug: "" parses as None
-def test_if_match_lists_star_and_weak_tags(client, header, status):
-    url = client.post(API, json=body()).headers["Location"]
-    current = client.get(url).headers["ETag"]
-    response = client.put(url, json={"token": JWT, "expires_at": future()},
-                          headers={"If-Match": header.format(current=current)})
-    assert response.status_code == status
-
-
-def test_put_without_if_match_still_works(client):
-    url = client.post(API, json=body()).headers["Location"]
-    assert client.put(url, json={"token": JWT, "expires_at": future()}).status_code == 200
-
-
-def test_if_match_on_an_unknown_record_is_404(client):
-    response = client.put(f"{API}/store_404", json={"token": JWT, "expires_at": future()}, headers={"If-Match": '"1"'})
-    assert response.status_code == 404
-
-
-def test_openapi_documents_idempotency_key_if_match_and_links(client):
-    spec = client.get("/openapi.json").json
-    post = spec["paths"][API]["post"]
-    put = spec["paths"][f"{API}/{{record_id}}"]["put"]
-    assert [p["name"] for p in post["parameters"] if p["in"] == "header"] == ["Idempotency-Key"]
-    assert [p["name"] for p in put["parameters"] if p["in"] == "header"] == ["If-Match"]
-    assert "412" in put["responses"]
-    assert set(post["responses"]["201"]["links"]) == {"GetToken", "RefreshToken", "DeleteToken"}
-    assert {"Location", "ETag"} <= set(post["responses"]["201"]["headers"])
