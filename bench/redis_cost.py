@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                     report["sides"][side]["rounds"].append(
                         run_worker(tree, url, prefixes[side], key, "probe", args, round_number)["scripts"])
                 print(f"round {round_number + 1} done", flush=True)
-        for side, data in report["sides"].items():
+        for data in report["sides"].values():
             if data["rounds"]:
                 data["median_usec_per_call"] = {
                     name: statistics.median(r[name]["usec_per_call"] for r in data["rounds"]) for name in OPERATIONS

@@ -1,11 +1,13 @@
 """The store's Lua scripts, registered once per client by ``runner.ScriptRunner``.
 
-Each script is the shared prelude (key names, Redis time, pruning, reclaiming, loading a
-record) followed by one operation's body; the comment above each body names its ARGV and
-its reply. The key layout they work on is documented in ``sessionsvc.store``.
+Each script is the pieces of the shared prelude its body names (key names, Redis time,
+pruning, reclaiming, loading a record: ``PIECES``) followed by one operation's body; the
+comment above each body names its ARGV and its reply. The key layout they work on is documented in ``sessionsvc.store``.
 """
 
 from __future__ import annotations
+
+import re
 
 # Every script gets KEYS[1] = {P}:gen (which routes it to the store's slot), KEYS[2] =
 # {P}:slot-guard (never written; see ScriptRunner) and ARGV[1] = {P}; the other keys share
@@ -70,51 +72,55 @@ WALK_BUDGET = 512
 DUE_BATCH = 64
 
 
-def _lua_table(codes: type) -> str:
-    fields = ", ".join(f"{name} = {value}" for name, value in vars(codes).items() if name.isupper())
-    return f"local {codes.__name__} = {{{fields}}}"
+def _reply_codes(*groups: type) -> dict[str, int]:
+    return {f"{group.__name__}.{name}": value for group in groups for name, value in vars(group).items()
+            if name.isupper()}
 
 
-PRELUDE = f"""
-{_lua_table(ReadReply)}
-{_lua_table(CreateReply)}
-{_lua_table(RefreshReply)}
-{_lua_table(ClearReply)}
-{_lua_table(EventsReply)}
-{_lua_table(SweepReply)}
-local NUMBER_IN_USE = '{NUMBER_IN_USE}'
-local DEAD_WINDOW, WALK_BUDGET, DUE_BATCH = {DEAD_WINDOW}, {WALK_BUDGET}, {DUE_BATCH}
-""" + """
-local root = ARGV[1]
-local gen = redis.call('GET', KEYS[1]) or '0'
+# `ReadReply.ANSWERED` and the like, written into the Lua as the numbers they stand for.
+REPLY_CODES = _reply_codes(ReadReply, CreateReply, RefreshReply, ClearReply, EventsReply, SweepReply)
+
+# The shared prelude, as named pieces: a script carries only the pieces its body names (and
+# the pieces those name), in this order. Every piece a script carries runs on every call
+# (a local function is a closure built per call, a key name a string built per call, and
+# `gen` and `now` are a GET and a TIME), so a script that does not name a piece does not
+# pay for it.
+PIECES: dict[str, str] = {
+    "NUMBER_IN_USE": f"local NUMBER_IN_USE = '{NUMBER_IN_USE}'",
+    "DEAD_WINDOW": f"local DEAD_WINDOW = {DEAD_WINDOW}",
+    "WALK_BUDGET": f"local WALK_BUDGET = {WALK_BUDGET}",
+    "DUE_BATCH": f"local DUE_BATCH = {DUE_BATCH}",
+    "gen": "local gen = redis.call('GET', KEYS[1]) or '0'",
+    "now": """
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local all_key = root .. ':all:' .. gen
-local exp_key = root .. ':exp:' .. gen
-local due_key = root .. ':due:' .. gen
-local reclaim_key = root .. ':reclaim'
-local events_key = root .. ':events'
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)""",
+    "all_key": "local all_key = root .. ':all:' .. gen",
+    "exp_key": "local exp_key = root .. ':exp:' .. gen",
+    "due_key": "local due_key = root .. ':due:' .. gen",
+    "reclaim_key": "local reclaim_key = root .. ':reclaim'",
+    "events_key": "local events_key = root .. ':events'",
+    "events_maxlen": """
 -- The stream's approximate bound; a script that appends events sets it from its ARGV first.
-local events_maxlen = nil
-local function user_key(user) return root .. ':u:' .. gen .. ':' .. user end
-local function rec_key(n) return root .. ':r:' .. n end
-local function ms(x) return string.format('%d', x) end
-
+local events_maxlen = nil""",
+    "user_key": "local function user_key(user) return root .. ':u:' .. gen .. ':' .. user end",
+    "rec_key": "local function rec_key(n) return root .. ':r:' .. n end",
+    "ms": "local function ms(x) return string.format('%d', x) end",
+    "split": """
 local function split(member)
   local sep = string.find(member, ':', 1, true)
   return string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-end
-
+end""",
+    "emit": """
 -- Append one event to the store's stream (fields: name, value, ...). Its entry id, from
 -- Redis's clock, is the event's cursor and time.
 local function emit(...)
   redis.call('XADD', events_key, 'MAXLEN', '~', events_maxlen, '*', ...)
-end
-
+end""",
+    "record_event": """
 local function record_event(kind, n, user, expires)
   emit('type', kind, 'n', n, 'u', user, 'e', expires)
-end
-
+end""",
+    "expire_due": """
 -- Tell up to `batch` expiries that have come (an `expired` event each) and take them out
 -- of `due` in the same step: each expiry is told exactly once, whoever runs this.
 local function expire_due(batch)
@@ -128,8 +134,8 @@ local function expire_due(batch)
   end
   redis.call('ZREM', due_key, unpack(members))
   return #members
-end
-
+end""",
+    "prune": """
 -- Drop up to `batch` index entries whose records have passed retention.
 local function prune(batch)
   local dead = redis.call('ZRANGEBYSCORE', exp_key, '-inf', ms(now), 'LIMIT', 0, batch)
@@ -144,8 +150,8 @@ local function prune(batch)
     redis.call('INCRBY', root .. ':pruned', #dead)
   end
   return #dead
-end
-
+end""",
+    "reclaim": """
 -- Free up to `batch` records of a cleared generation.
 local function reclaim(batch)
   local old = redis.call('SRANDMEMBER', reclaim_key)
@@ -164,48 +170,58 @@ local function reclaim(batch)
     redis.call('SREM', reclaim_key, old)
   end
   return #members
-end
-
-local FIELDS = {'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g'}
-
--- The record's fields if it is held in the current generation (and, when
--- `check_death`, its index entry says it has not passed retention), else nil.
-local function load(n, check_death)
-  local h = redis.call('HMGET', rec_key(n), unpack(FIELDS))
+end""",
+    "load": """
+-- The record's fields {n, u, p, e, s, c, o, rc, rl} if it is held in the current
+-- generation (and, when `check_death`, its index entry says it has not passed retention),
+-- else nil; with `token`, its sealed token too (read by the same HMGET).
+local function load(n, check_death, token)
+  local h
+  if token then
+    h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g', 't')
+  else
+    h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g')
+  end
   if not h[1] or h[9] ~= gen then return nil end
   if check_death then
     local death = redis.call('ZSCORE', exp_key, n .. ':' .. h[1])
     if not death or tonumber(death) <= now then return nil end
   end
-  h[9] = nil
-  table.insert(h, 1, n)
-  return h
-end
-
+  return {n, h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}, h[10]
+end""",
+    "count_reveal": """
 -- Count one reveal of a loaded record: its reveal count and last reveal, in Redis and in
--- the fields about to be returned.
+-- the fields about to be returned (one HSET: the script reads and writes in one step).
 local function count_reveal(n, record)
-  record[8] = redis.call('HINCRBY', rec_key(n), 'rc', 1)
+  record[8] = (tonumber(record[8]) or 0) + 1
   record[9] = math.floor(now / 1000)
-  redis.call('HSET', rec_key(n), 'rl', record[9])
-end
-
+  redis.call('HSET', rec_key(n), 'rc', record[8], 'rl', record[9])
+end""",
+    "index_add": """
 -- `expires` nil: no `due` entry (its expiry has been told already).
 local function index_add(n, user, save_number, death, expires)
   redis.call('ZADD', all_key, save_number, n)
   redis.call('ZADD', user_key(user), save_number, n)
   redis.call('ZADD', exp_key, ms(death), n .. ':' .. user)
   if expires then redis.call('ZADD', due_key, ms(expires * 1000), n .. ':' .. user) end
-end
-
-local function save_fields(n, user, blob, preview, expires, save_number, death)
+end""",
+    "save_fields": """
+-- Write a record's fields (with `created`, its created_at too), its TTL and its index
+-- entries. -> its saved_at
+local function save_fields(n, user, blob, preview, expires, save_number, death, created)
   local saved = math.floor(now / 1000)
-  redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
-             's', saved, 'o', save_number, 'g', gen)
+  if created then
+    redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
+               's', saved, 'c', created, 'o', save_number, 'g', gen)
+  else
+    redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
+               's', saved, 'o', save_number, 'g', gen)
+  end
   redis.call('PEXPIREAT', rec_key(n), ms(death))
   index_add(n, user, save_number, death, expires)
-end
-
+  return saved
+end""",
+    "unindex": """
 -- Delete a held record of this generation and all its index entries.
 local function unindex(n, user)
   local member = n .. ':' .. user
@@ -214,15 +230,15 @@ local function unindex(n, user)
   redis.call('ZREM', user_key(user), n)
   redis.call('ZREM', exp_key, member)
   redis.call('ZREM', due_key, member)
-end
-
+end""",
+    "count_seal": """
 -- One more encryption under the key that sealed `blob` (named by its '<key id>:' head):
 -- AES-GCM with random nonces is safe for a bounded number of encryptions per key.
 local function count_seal(blob)
   local key_id = string.match(blob, '^([a-z0-9_-]+):')
   if key_id then redis.call('HINCRBY', root .. ':seals', key_id, 1) end
-end
-
+end""",
+    "next_save": """
 -- The save number of a save: from this store's own counter, or `given` by a sharded
 -- store (its counter lives in another slot). A given number never takes a record's version
 -- below what it already was (`held`): two refreshes of one record may land in the other
@@ -230,12 +246,20 @@ end
 local function next_save(given, held)
   if not given or given == '' then return redis.call('INCR', root .. ':saves') end
   return math.max(tonumber(given), (tonumber(held) or 0) + 1)
-end
-
+end""",
+    "dead_count": """
 local function dead_count()
   return redis.call('ZCOUNT', exp_key, '-inf', ms(now))
-end
-
+end""",
+    "dead_after_prune": """
+-- How many index entries are dead (their records past retention), after pruning up to
+-- `batch` of them: a read prunes only when it finds some (batch 0: replicas never do).
+local function dead_after_prune(batch)
+  local dead = dead_count()
+  if dead > 0 and batch > 0 then dead = dead - prune(batch) end
+  return dead
+end""",
+    "dead_ranks": """
 -- The ranks in `index` (highest score first) of its entries of dead records, ascending.
 -- Complete only while at most DEAD_WINDOW entries are dead.
 local function dead_ranks(index, user)
@@ -249,24 +273,26 @@ local function dead_ranks(index, user)
   end
   table.sort(ranks)
   return ranks
-end
-
+end""",
+    "walk": """
 -- Up to `want` records of `index` from position `first` on (most recently saved first),
--- reading `chunk` entries, then as many as are still wanted, and at most `budget` in all.
--- Passed over: entries whose record is not held (or is dead, when `check_death`) and, in a
--- user's index (`user` not ''), entries naming another user's record, which are added to
--- `foreign`. -> records, true when the index ended before `want` were found
-local function walk(index, user, first, want, budget, chunk, check_death, foreign)
+-- reading `chunk` entries, then as many as are still wanted (at least 16), and at most
+-- `budget` in all. Passed over: entries whose record is not held (or is dead, when
+-- `check_death`) and, in a user's index (`user` not ''), entries naming another user's
+-- record, which are added to `foreign`. With `token`, each record's sealed token is its
+-- tenth field. -> records, true when the index ended before `want` were found
+local function walk(index, user, first, want, budget, chunk, check_death, foreign, token)
   local records, read = {}, 0
   while read < budget do
     local count = math.min(chunk, budget - read)
     local numbers = redis.call('ZREVRANGE', index, first + read, first + read + count - 1)
     read = read + count
     for _, n in ipairs(numbers) do
-      local record = load(n, check_death)
+      local record, sealed = load(n, check_death, token)
       if record and user ~= '' and record[2] ~= user then
         foreign[#foreign + 1] = n
       elseif record then
+        record[10] = sealed
         records[#records + 1] = record
         if #records == want then return records, false end
       end
@@ -275,14 +301,14 @@ local function walk(index, user, first, want, budget, chunk, check_death, foreig
     chunk = math.max(want - #records, 16)
   end
   return records, false
-end
-
+end""",
+    "heal": """
 -- Entries naming another user's record leave that user's index, on the primary only
 -- (prune batch > 0); replicas just pass over them.
 local function heal(user, foreign, batch)
   if batch > 0 and #foreign > 0 then redis.call('ZREM', user_key(user), unpack(foreign)) end
-end
-
+end""",
+    "excess_over": """
 -- How many records too many `user` would hold, under `limit`, with one more saved: the
 -- size of their index less its dead entries (an entry naming another user's record
 -- counts until a walk passes over it). nil while more entries are dead than a save may
@@ -300,8 +326,8 @@ local function excess_over(user, limit)
   local foreign = {}
   local records = walk(index, user, 0, size, size, size, true, foreign)
   return #records + #foreign + 1 - limit
-end
-
+end""",
+    "evict_oldest": """
 -- Evict `user`'s least recently saved records (lowest save numbers first), `excess` of
 -- them and at most WALK_BUDGET, with an `evicted` event each. Dead entries are passed
 -- over (pruning takes them); an entry naming another user's record leaves the index and
@@ -329,8 +355,29 @@ local function evict_oldest(user, excess)
       if excess == 0 then return end
     end
   end
-end
-"""
+end""",
+}
+
+_LUA_COMMENT = re.compile(r"--[^\n]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _names(lua: str) -> set[str]:
+    """The identifiers a piece of Lua uses (comments left out)."""
+    return set(_IDENTIFIER.findall(_LUA_COMMENT.sub("", lua)))
+
+
+def _assemble(body: str) -> str:
+    """The full text of a script: `root`, the prelude's pieces its body needs, the body,
+    with reply codes written as numbers."""
+    needed, pending = set(), _names(body) & PIECES.keys()
+    while pending:
+        name = pending.pop()
+        needed.add(name)
+        pending |= (_names(PIECES[name]) & PIECES.keys()) - needed - {name}
+    prelude = "\n".join(PIECES[name].strip("\n") for name in PIECES if name in needed)
+    text = "local root = ARGV[1]\n" + prelude + "\n" + body
+    return re.sub(r"\b[A-Z][A-Za-z]*Reply\.[A-Z_]+\b", lambda match: str(REPLY_CODES[match.group(0)]), text)
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       idempotency key hash ('' = none), request digests (space-separated, the first is
@@ -371,13 +418,12 @@ if limit > 0 then
   end
 end
 local save_number = next_save(ARGV[15], nil)
-save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
-redis.call('HSET', rec_key(n), 'c', math.floor(now / 1000))
-local record = load(n, false)
+local saved = save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death, math.floor(now / 1000))
+local record = {n, user, ARGV[5], expires, saved, saved, save_number, false, false}
 if idem_key then
   local digest = string.match(ARGV[10], '^%S+')
   redis.call('HSET', idem_key, 'f', digest, 'at', ms(now), 'n', n, 'u', user, 'p', ARGV[5], 'e', ARGV[6],
-             's', record[5], 'c', record[6], 'o', save_number)
+             's', saved, 'c', saved, 'o', save_number)
   redis.call('PEXPIRE', idem_key, ARGV[11])
 end
 record_event('created', n, user, ARGV[6])
@@ -396,7 +442,7 @@ _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
 events_maxlen = ARGV[10]
 count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
-local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o')
+local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o', 'c', 'rc', 'rl')
 if not held[1] or held[2] ~= gen or held[1] ~= user then return {RefreshReply.NOT_FOUND} end
 -- Redis expires a key only once its time is strictly past (and by the script's start
 -- time); by this store's clock a record is dead from its death on: never revive it.
@@ -409,20 +455,20 @@ local death = expires * 1000 + tonumber(ARGV[7])
 if death <= now then return {RefreshReply.ALREADY_EXPIRED} end
 expire_due(DUE_BATCH)
 local save_number = next_save(ARGV[11], held[3])
-save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
+local saved = save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
 record_event('refreshed', n, user, ARGV[6])
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
-return {RefreshReply.REFRESHED, now, load(n, false)}
+return {RefreshReply.REFRESHED, now, {n, user, ARGV[5], expires, saved, held[4], save_number, held[5], held[6]}}
 """
 
 # ARGV: root, n, reveal ('1' counts a reveal; '0' writes nothing) -> {now, record, sealed token} | {now}
 _GET = """
 local n = ARGV[2]
-local record = load(n, false)
+local record, sealed = load(n, false, true)
 if not record then return {now} end
 if ARGV[3] == '1' then count_reveal(n, record) end
-return {now, record, redis.call('HGET', rec_key(n), 't')}
+return {now, record, sealed}
 """
 
 # ARGV: root, n -> user id | false
@@ -439,22 +485,27 @@ return held[1]
 # With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
 _CURRENT = """
 local batch, user = tonumber(ARGV[3]), ARGV[2]
-prune(batch)
+local dead = dead_after_prune(batch)
 local index = all_key
 if user ~= '' then index = user_key(user) end
 local foreign = {}
--- The budget passes over every dead entry while at most DEAD_WINDOW wait.
-local records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET, 16, dead_count() > 0, foreign)
+-- The budget passes over every dead entry while at most DEAD_WINDOW wait. With none dead
+-- the first entry is the answer (unless it names another user's record): read one.
+local chunk = 16
+if dead == 0 then chunk = 1 end
+local records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET, chunk, dead > 0, foreign,
+                            ARGV[4] ~= '0')
 heal(user, foreign, batch)
 local record = records[1]
 if not record then
   if ended then return {ReadReply.ANSWERED, now, foreign} end
   return {ReadReply.CATCHING_UP, now, foreign}
 end
-local n = record[1]
+local sealed = record[10]
+record[10] = nil
 if ARGV[4] == '0' then return {ReadReply.ANSWERED, now, foreign, record} end
-if ARGV[4] == '1' then count_reveal(n, record) end
-return {ReadReply.ANSWERED, now, foreign, record, redis.call('HGET', rec_key(n), 't')}
+if ARGV[4] == '1' then count_reveal(record[1], record) end
+return {ReadReply.ANSWERED, now, foreign, record, sealed}
 """
 
 # ARGV: root, user ('' = all), offset, limit, prune batch
@@ -463,10 +514,10 @@ return {ReadReply.ANSWERED, now, foreign, record, redis.call('HGET', rec_key(n),
 # With prune batch 0 it writes nothing (so it runs on replicas).
 _PAGE = """
 local batch, user, offset, limit = tonumber(ARGV[5]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-prune(batch)
+local dead = dead_after_prune(batch)
 local index = all_key
 if user ~= '' then index = user_key(user) end
-local size, dead = redis.call('ZCARD', index), dead_count()
+local size = redis.call('ZCARD', index)
 local foreign, records, ended = {}, {}, false
 local total, skip, want = 0, 0, limit
 if dead <= DEAD_WINDOW then
@@ -779,6 +830,8 @@ SCRIPTS = {
     "release_sweeper": _RELEASE_SWEEPER,
 }
 
+SOURCES = {name: _assemble(body) for name, body in SCRIPTS.items()}
+
 # The store's layout, run on its own (no prelude). KEYS: {P}:layout, {P}:ids; ARGV: the
 # configured number of shards -> the number the store has: recorded now when none was
 # (1 for a store written before sharding, whose ids counter exists).
@@ -794,7 +847,7 @@ return shards
 
 def script_source(name: str) -> str:
     """The full Lua text of one of the store's scripts (the benchmark baseline runs them too)."""
-    return PRELUDE + SCRIPTS[name]
+    return SOURCES[name]
 
 
 # Scripts that change records: with SESSIONSVC_MIN_REPLICAS_ACK they are followed by WAIT.
