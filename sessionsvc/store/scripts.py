@@ -173,8 +173,10 @@ local function reclaim(batch)
 end""",
     "load": """
 -- The record's fields {n, u, p, e, s, c, o, rc, rl} if it is held in the current
--- generation (and, when `check_death`, its index entry says it has not passed retention),
--- else nil; with `token`, its sealed token too (read by the same HMGET).
+-- generation (and, when `check_death`, has not passed retention by this script's clock),
+-- else nil; with `token`, its sealed token too (read by the same HMGET). A record dies
+-- (expires_at + retention) no earlier than it expires: only one already expired has its
+-- death looked up (its `exp` entry).
 local function load(n, check_death, token)
   local h
   if token then
@@ -183,7 +185,7 @@ local function load(n, check_death, token)
     h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g')
   end
   if not h[1] or h[9] ~= gen then return nil end
-  if check_death then
+  if check_death and tonumber(h[3]) * 1000 <= now then
     local death = redis.call('ZSCORE', exp_key, n .. ':' .. h[1])
     if not death or tonumber(death) <= now then return nil end
   end
@@ -485,16 +487,21 @@ return held[1]
 # With prune batch 0 and reveal '0' or '2' it writes nothing (so it runs on replicas).
 _CURRENT = """
 local batch, user = tonumber(ARGV[3]), ARGV[2]
-local dead = dead_after_prune(batch)
 local index = all_key
 if user ~= '' then index = user_key(user) end
 local foreign = {}
--- The budget passes over every dead entry while at most DEAD_WINDOW wait. With none dead
--- the first entry is the answer (unless it names another user's record): read one.
-local chunk = 16
-if dead == 0 then chunk = 1 end
-local records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET, chunk, dead > 0, foreign,
-                            ARGV[4] ~= '0')
+-- The first entry is the answer unless its record is gone, dead or another user's: it is
+-- read alone first (no count of dead entries is needed: each record read is checked).
+-- Otherwise prune a batch (on the primary: a retry converges) and walk from the top, 16
+-- entries at a time; the budget (the first read included) passes over every dead entry
+-- while at most DEAD_WINDOW wait.
+local token = ARGV[4] ~= '0'
+local records, ended = walk(index, user, 0, 1, 1, 1, true, foreign, token)
+if not records[1] and not ended then
+  if batch > 0 then prune(batch) end
+  foreign = {}
+  records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET - 1, 16, true, foreign, token)
+end
 heal(user, foreign, batch)
 local record = records[1]
 if not record then
