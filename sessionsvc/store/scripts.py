@@ -70,6 +70,11 @@ WALK_BUDGET = 512
 # Expiries a write script tells (and takes out of `due`) before its own change, so that no
 # change is told before an expiry that came first; the sweeper takes larger batches.
 DUE_BATCH = 64
+# The most bytes of a sealed token one record field holds. Redis keeps a hash whose values
+# are all at most `hash-max-listpack-value` bytes (64 unless the server says otherwise) as
+# one compact listpack: about a third of the memory of a hashtable. A token is stored in
+# chunks of this size so that its record stays one (see *Key layout* in sessionsvc.store).
+TOKEN_CHUNK = 64
 
 
 def _reply_codes(*groups: type) -> dict[str, int]:
@@ -90,6 +95,7 @@ PIECES: dict[str, str] = {
     "DEAD_WINDOW": f"local DEAD_WINDOW = {DEAD_WINDOW}",
     "WALK_BUDGET": f"local WALK_BUDGET = {WALK_BUDGET}",
     "DUE_BATCH": f"local DUE_BATCH = {DUE_BATCH}",
+    "TOKEN_CHUNK": f"local TOKEN_CHUNK = {TOKEN_CHUNK}",
     "gen": "local gen = redis.call('GET', KEYS[1]) or '0'",
     "now": """
 local clock = redis.call('TIME')
@@ -171,6 +177,44 @@ local function reclaim(batch)
   end
   return #members
 end""",
+    "token_fields": """
+-- A sealed token as record fields, appended to `fields`: 'k' the number of chunks, then
+-- 't', 't1', 't2', ... of at most TOKEN_CHUNK bytes each. -> the number of chunks
+local function token_fields(fields, blob)
+  local count = math.max(1, math.ceil(#blob / TOKEN_CHUNK))
+  fields[#fields + 1] = 'k'
+  fields[#fields + 1] = count
+  for i = 0, count - 1 do
+    if i == 0 then fields[#fields + 1] = 't' else fields[#fields + 1] = 't' .. i end
+    fields[#fields + 1] = string.sub(blob, i * TOKEN_CHUNK + 1, (i + 1) * TOKEN_CHUNK)
+  end
+  return count
+end""",
+    "drop_chunks": """
+-- Remove the chunks past the first `count` of a record that held `held` of them (its 'k';
+-- nil: one, or a record written before tokens were chunked).
+local function drop_chunks(n, count, held)
+  held = tonumber(held) or 1
+  if held <= count then return end
+  local names = {}
+  for i = count, held - 1 do names[#names + 1] = 't' .. i end
+  redis.call('HDEL', rec_key(n), unpack(names))
+end""",
+    "sealed_of": """
+-- The sealed token of record `n` from its first chunk `t` and its number of chunks `k`,
+-- read with its other fields: the other chunks are read now. A record written before
+-- tokens were chunked has no 'k', and all of its token in 't'. A chunk gone missing reads
+-- as empty: the token then fails to open, as a damaged one does.
+local function sealed_of(n, t, k)
+  k = tonumber(k)
+  if not t or not k or k <= 1 then return t end
+  local names = {}
+  for i = 1, k - 1 do names[i] = 't' .. i end
+  local rest = redis.call('HMGET', rec_key(n), unpack(names))
+  local parts = {t}
+  for i = 1, k - 1 do parts[i + 1] = rest[i] or '' end
+  return table.concat(parts)
+end""",
     "load": """
 -- The record's fields {n, u, p, e, s, c, o, rc, rl} if it is held in the current
 -- generation (and, when `check_death`, has not passed retention by this script's clock),
@@ -180,7 +224,7 @@ end""",
 local function load(n, check_death, token)
   local h
   if token then
-    h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g', 't')
+    h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g', 'k', 't')
   else
     h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g')
   end
@@ -189,7 +233,9 @@ local function load(n, check_death, token)
     local death = redis.call('ZSCORE', exp_key, n .. ':' .. h[1])
     if not death or tonumber(death) <= now then return nil end
   end
-  return {n, h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}, h[10]
+  local sealed = nil
+  if token then sealed = sealed_of(n, h[11], h[10]) end
+  return {n, h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}, sealed
 end""",
     "count_reveal": """
 -- Count one reveal of a loaded record: its reveal count and last reveal, in Redis and in
@@ -208,17 +254,18 @@ local function index_add(n, user, save_number, death, expires)
   if expires then redis.call('ZADD', due_key, ms(expires * 1000), n .. ':' .. user) end
 end""",
     "save_fields": """
--- Write a record's fields (with `created`, its created_at too), its TTL and its index
--- entries. -> its saved_at
-local function save_fields(n, user, blob, preview, expires, save_number, death, created)
+-- Write a record's fields (with `created`, its created_at too; `held_chunks`: its 'k'
+-- before), its TTL and its index entries. -> its saved_at
+local function save_fields(n, user, blob, preview, expires, save_number, death, created, held_chunks)
   local saved = math.floor(now / 1000)
+  local fields = {'u', user, 'p', preview, 'e', expires, 's', saved, 'o', save_number, 'g', gen}
   if created then
-    redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
-               's', saved, 'c', created, 'o', save_number, 'g', gen)
-  else
-    redis.call('HSET', rec_key(n), 'u', user, 't', blob, 'p', preview, 'e', expires,
-               's', saved, 'o', save_number, 'g', gen)
+    fields[#fields + 1] = 'c'
+    fields[#fields + 1] = created
   end
+  local count = token_fields(fields, blob)
+  redis.call('HSET', rec_key(n), unpack(fields))
+  drop_chunks(n, count, held_chunks)
   redis.call('PEXPIREAT', rec_key(n), ms(death))
   index_add(n, user, save_number, death, expires)
   return saved
@@ -360,13 +407,18 @@ local function evict_oldest(user, excess)
 end""",
 }
 
-_LUA_COMMENT = re.compile(r"--[^\n]*")
+_LUA_COMMENT_OR_STRING = re.compile(r"--[^\n]*|'[^'\n]*'|\"[^\"\n]*\"")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _names(lua: str) -> set[str]:
-    """The identifiers a piece of Lua uses (comments left out)."""
-    return set(_IDENTIFIER.findall(_LUA_COMMENT.sub("", lua)))
+    """The identifiers a piece of Lua uses (comments and string literals left out)."""
+    return set(_IDENTIFIER.findall(_LUA_COMMENT_OR_STRING.sub(" ", lua)))
+
+
+# A piece names only pieces defined before it (Lua locals are seen only after their line).
+assert all(list(PIECES).index(used) < list(PIECES).index(name)
+           for name, lua in PIECES.items() for used in _names(lua) & PIECES.keys() if used != name)
 
 
 def _assemble(body: str) -> str:
@@ -444,7 +496,7 @@ _REFRESH = """
 local n, user, expires = ARGV[2], ARGV[3], tonumber(ARGV[6])
 events_maxlen = ARGV[10]
 count_seal(ARGV[4])  -- sealed for this call, whatever the outcome
-local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o', 'c', 'rc', 'rl')
+local held = redis.call('HMGET', rec_key(n), 'u', 'g', 'o', 'c', 'rc', 'rl', 'k')
 if not held[1] or held[2] ~= gen or held[1] ~= user then return {RefreshReply.NOT_FOUND} end
 -- Redis expires a key only once its time is strictly past (and by the script's start
 -- time); by this store's clock a record is dead from its death on: never revive it.
@@ -457,7 +509,7 @@ local death = expires * 1000 + tonumber(ARGV[7])
 if death <= now then return {RefreshReply.ALREADY_EXPIRED} end
 expire_due(DUE_BATCH)
 local save_number = next_save(ARGV[11], held[3])
-local saved = save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death)
+local saved = save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death, nil, held[7])
 record_event('refreshed', n, user, ARGV[6])
 prune(tonumber(ARGV[8]))
 if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
@@ -643,11 +695,11 @@ _SCAN = """
 local numbers = redis.call('ZRANGE', all_key, ARGV[2], ARGV[2] + ARGV[3] - 1)
 local reply = {#numbers}
 for _, n in ipairs(numbers) do
-  local held = redis.call('HMGET', rec_key(n), 'u', 't', 'g')
+  local held = redis.call('HMGET', rec_key(n), 'u', 't', 'g', 'k')
   if held[1] and held[3] == gen then
     reply[#reply + 1] = n
     reply[#reply + 1] = held[1]
-    reply[#reply + 1] = held[2]
+    reply[#reply + 1] = sealed_of(n, held[2], held[4])
   end
 end
 return reply
@@ -657,9 +709,12 @@ return reply
 _RESEAL = """
 local n = ARGV[2]
 count_seal(ARGV[4])
-local held = redis.call('HMGET', rec_key(n), 't', 'g')
-if held[1] ~= ARGV[3] or held[2] ~= gen then return 0 end
-redis.call('HSET', rec_key(n), 't', ARGV[4])
+local held = redis.call('HMGET', rec_key(n), 't', 'g', 'k')
+if held[2] ~= gen or sealed_of(n, held[1], held[3]) ~= ARGV[3] then return 0 end
+local fields = {}
+local count = token_fields(fields, ARGV[4])
+redis.call('HSET', rec_key(n), unpack(fields))
+drop_chunks(n, count, held[3])
 return 1
 """
 
