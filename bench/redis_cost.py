@@ -9,7 +9,7 @@ One private redis-server on a free loopback port (never the machine's shared one
 side (this tree, and with ``--against REF`` that ref's ``sessionsvc`` taken out of git) is
 a store under its own key prefix in that server, bulk-loaded as the service loads records
 (its vault: tokens sealed, the create script pipelined) over ``--users`` users. Then, in
-``--rounds`` alternating rounds (side A, side B, side A, ...), every operation the service
+``--rounds`` alternating rounds (each operation on side A, then on side B, then the next), every operation the service
 runs is called ``--calls`` times, one call at a time, after ``CONFIG RESETSTAT``:
 Redis's ``usec_per_call`` of EVALSHA is the script's time, and the commands the script ran
 (counted in commandstats as well) say where it went. The median of the rounds is reported.
@@ -88,12 +88,20 @@ def worker(args: argparse.Namespace) -> dict:
         return {"used_memory_delta": after - before, "events_growth": events, "sealed_bytes": len(sealed),
                 "structures": structures(client, root, args.records)}
 
-    rng = random.Random(args.round)
+    # Serving: one line per measurement asked for on stdin, "<operation>\t<round>", and one
+    # JSON line back. The round seeds which records and users are read.
     held = range(1, args.records + 1)
-    users = [user_of(n) for n in rng.sample(held, min(args.calls, len(held)))]
-    numbers = [rng.choice(held) for _ in range(args.calls)]
-    token = bench_token(f"r{args.round}", args.token_chars)
+    users: list[str] = []
+    numbers: list[int] = []
     created: list[int] = []
+    token = ""
+
+    def new_round(round_number: int) -> None:
+        nonlocal token
+        rng = random.Random(round_number)
+        users[:] = [user_of(n) for n in rng.sample(held, min(args.calls, len(held)))]
+        numbers[:] = [rng.choice(held) for _ in range(args.calls)]
+        token = bench_token(f"r{round_number}", args.token_chars)
 
     def create(_: int) -> None:
         created.append(vault.save(users[_ % len(users)], token, expires).number)
@@ -117,8 +125,14 @@ def worker(args: argparse.Namespace) -> dict:
         "delete": lambda i: store.delete(created[i]),
     }
     store.load_scripts()
-    result = {}
-    for name in OPERATIONS:
+    print("ready", flush=True)
+    current_round = None
+    for line in sys.stdin:
+        name, round_number = line.rstrip("\n").split("\t")
+        if round_number != current_round:
+            current_round = round_number
+            new_round(int(round_number))
+            created.clear()
         client.config_resetstat()
         for i in range(args.calls):
             calls[name](i)
@@ -127,10 +141,10 @@ def worker(args: argparse.Namespace) -> dict:
         inner = {key[len("cmdstat_"):]: round(value["usec"] / max(script["calls"], 1), 2)
                  for key, value in stats.items()
                  if key not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info") and value["calls"]}
-        result[name] = {"calls": script["calls"], "usec_per_call": round(script["usec"] / max(script["calls"], 1), 2),
-                        "inner_usec_per_call": inner}
+        print(json.dumps({"calls": script["calls"], "usec_per_call": round(script["usec"] / max(script["calls"], 1), 2),
+                          "inner_usec_per_call": inner}), flush=True)
     client.close()
-    return {"scripts": result}
+    return {}
 
 
 def structures(client, root: str, records: int) -> dict[str, float]:
@@ -158,13 +172,18 @@ def structures(client, root: str, records: int) -> dict[str, float]:
 # --- the parent: the server, the sides, the rounds ----------------------------------------------
 
 
-def run_worker(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace,
-               round_number: int = 0) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", action, "--tree", tree, "--url", url,
-               "--prefix", prefix, "--key", key, "--records", str(options.records), "--users", str(options.users),
-               "--token-chars", str(options.token_chars), "--calls", str(options.calls), "--round", str(round_number)]
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SESSIONSVC_")}
-    finished = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
+def worker_command(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> list:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", action, "--tree", tree, "--url", url,
+            "--prefix", prefix, "--key", key, "--records", str(options.records), "--users", str(options.users),
+            "--token-chars", str(options.token_chars), "--calls", str(options.calls)]
+
+
+WORKER_ENV = {name: value for name, value in os.environ.items() if not name.startswith("SESSIONSVC_")}
+
+
+def run_worker(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> dict:
+    command = worker_command(tree, url, prefix, key, action, options)
+    finished = subprocess.run(command, capture_output=True, text=True, env=WORKER_ENV, cwd=tree)
     if finished.returncode != 0:
         raise SystemExit(f"{prefix} {action} failed:\n{finished.stderr[-4000:]}")
     return json.loads(finished.stdout.strip().splitlines()[-1])
@@ -188,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
-    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args)))
+        result = worker(args)
+        if result:
+            print(json.dumps(result))
         return 0
 
     sys.path.insert(0, str(ROOT))
@@ -226,11 +246,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{side}: loaded {args.records:,} in {time.monotonic() - started:.0f} s: "
                       f"{per_record:.0f} B per record (sealed token {seeded['sealed_bytes']} B): "
                       f"{json.dumps(seeded['structures'])}", flush=True)
-            for round_number in range(args.rounds if not args.memory_only else 0):
-                for side, tree in sides.items():
-                    report["sides"][side]["rounds"].append(
-                        run_worker(tree, url, prefixes[side], key, "probe", args, round_number)["scripts"])
+            # Every operation on each side in turn, round after round: the same operation's
+            # figures for the two sides are taken seconds apart (a shared machine's load moves
+            # over minutes).
+            servers = {side: subprocess.Popen(worker_command(tree, url, prefixes[side], key, "probe", args),
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                              env=WORKER_ENV, cwd=tree)
+                       for side, tree in sides.items()} if not args.memory_only else {}
+            for process in servers.values():
+                assert process.stdout.readline().strip() == "ready"
+            for round_number in range(args.rounds if servers else 0):
+                for side in sides:
+                    report["sides"][side]["rounds"].append({})
+                for name in OPERATIONS:
+                    for side, process in servers.items():
+                        process.stdin.write(f"{name}\t{round_number}\n")
+                        process.stdin.flush()
+                        report["sides"][side]["rounds"][-1][name] = json.loads(process.stdout.readline())
                 print(f"round {round_number + 1} done", flush=True)
+            for process in servers.values():
+                process.stdin.close()
+                process.wait(60)
         for data in report["sides"].values():
             if data["rounds"]:
                 data["median_usec_per_call"] = {
