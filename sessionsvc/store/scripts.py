@@ -426,17 +426,40 @@ assert all(list(PIECES).index(used) < list(PIECES).index(name)
            for name, lua in PIECES.items() for used in _names(lua) & PIECES.keys() if used != name)
 
 
-def _assemble(body: str) -> str:
-    """The full text of a script: `root`, the prelude's pieces its body needs, the body,
-    with reply codes written as numbers."""
-    needed, pending = set(), _names(body) & PIECES.keys()
+def _closure(names: set[str], defined: set[str] = frozenset()) -> set[str]:
+    """The pieces `names` need, with the pieces those need, less those already `defined`."""
+    needed, pending = set(), (names & PIECES.keys()) - defined
     while pending:
         name = pending.pop()
         needed.add(name)
-        pending |= (_names(PIECES[name]) & PIECES.keys()) - needed - {name}
-    prelude = "\n".join(PIECES[name].strip("\n") for name in PIECES if name in needed)
-    text = "local root = ARGV[1]\n" + prelude + "\n" + body
+        pending |= (_names(PIECES[name]) & PIECES.keys()) - needed - defined - {name}
+    return needed
+
+
+def _definitions(names: set[str]) -> str:
+    return "\n".join(PIECES[name].strip("\n") for name in PIECES if name in names)
+
+
+# A line `-- pieces: a b` in a body defines pieces a and b (and what they need, unless the
+# script defines it already) right there, in the block that uses them: a rarely taken branch
+# so costs nothing until it is taken.
+_DEFERRED = re.compile(r"^([ \t]*)-- pieces: (.*)$", re.MULTILINE)
+
+
+def _assemble(body: str) -> str:
+    """The full text of a script: `root`, the prelude's pieces its body needs, the body,
+    with reply codes written as numbers."""
+    deferred = {name for match in _DEFERRED.finditer(body) for name in match.group(2).split()}
+    top = _closure(_names(body) - deferred)
+
+    def expand(match: re.Match) -> str:
+        indent = match.group(1)
+        lua = _definitions(_closure(set(match.group(2).split()), top))
+        return "\n".join(indent + line if line else line for line in lua.split("\n"))
+
+    text = "local root = ARGV[1]\n" + _definitions(top) + "\n" + _DEFERRED.sub(expand, body)
     return re.sub(r"\b[A-Z][A-Za-z]*Reply\.[A-Z_]+\b", lambda match: str(REPLY_CODES[match.group(0)]), text)
+
 
 # ARGV: root, n, user, blob, preview, expires_at (s), retention (ms), prune batch,
 #       idempotency key hash ('' = none), request digests (space-separated, the first is
@@ -469,6 +492,7 @@ if redis.call('EXISTS', rec_key(n)) == 1 then return redis.error_reply(NUMBER_IN
 expire_due(DUE_BATCH)
 prune(batch)
 if limit > 0 then
+  -- pieces: excess_over evict_oldest
   local excess = excess_over(user, limit)
   if not excess then return {CreateReply.CATCHING_UP} end
   if excess > 0 then
@@ -486,7 +510,10 @@ if idem_key then
   redis.call('PEXPIRE', idem_key, ARGV[11])
 end
 record_event('created', n, user, ARGV[6])
-if redis.call('EXISTS', reclaim_key) == 1 then reclaim(batch) end
+if redis.call('EXISTS', reclaim_key) == 1 then
+  -- pieces: reclaim
+  reclaim(batch)
+end
 return {CreateReply.CREATED, now, record}
 """
 
@@ -517,7 +544,10 @@ local save_number = next_save(ARGV[11], held[3])
 local saved = save_fields(n, user, ARGV[4], ARGV[5], expires, save_number, death, nil, held[7])
 record_event('refreshed', n, user, ARGV[6])
 prune(tonumber(ARGV[8]))
-if redis.call('EXISTS', reclaim_key) == 1 then reclaim(tonumber(ARGV[8])) end
+if redis.call('EXISTS', reclaim_key) == 1 then
+  -- pieces: reclaim
+  reclaim(tonumber(ARGV[8]))
+end
 return {RefreshReply.REFRESHED, now, {n, user, ARGV[5], expires, saved, held[4], save_number, held[5], held[6]}}
 """
 
@@ -555,6 +585,7 @@ local foreign = {}
 local token = ARGV[4] ~= '0'
 local records, ended = walk(index, user, 0, 1, 1, 1, true, foreign, token)
 if not records[1] and not ended then
+  -- pieces: prune
   if batch > 0 then prune(batch) end
   foreign = {}
   records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET - 1, 16, true, foreign, token)
@@ -587,7 +618,10 @@ local total, skip, want = 0, 0, limit
 if dead <= DEAD_WINDOW then
   -- Every dead entry is known: their ranks map the page to exact positions.
   local ranks = {}
-  if dead > 0 then ranks = dead_ranks(index, user) end
+  if dead > 0 then
+    -- pieces: dead_ranks
+    ranks = dead_ranks(index, user)
+  end
   total = size - #ranks
   if offset >= total then return {ReadReply.ANSWERED, now, total, foreign} end
   local first, last = offset, offset + limit - 1
