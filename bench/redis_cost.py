@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name: what is called (see `probe`)
 OPERATIONS = (
+    "EVALSHA of `return 1`",  # the floor of any script call: how loaded the machine is
     "get", "get (no reveal)", "current", "validity", "current (user)", "validity (user)",
     "page 1", "page 500 (limit 2)", "page (user)", "create", "refresh", "delete",
 )
@@ -110,7 +111,9 @@ def worker(args: argparse.Namespace) -> dict:
         n = numbers[i]
         store.refresh(n, user_of(n), vault.cipher.seal(token, format_id(n), user_of(n)), "eyJhbGci...xxxx", expires)
 
+    floor = client.register_script("return 1")
     calls = {
+        "EVALSHA of `return 1`": lambda i: floor(keys=[root + ":gen"], args=[]),
         "get": lambda i: store.get(numbers[i], reveal=True),
         "get (no reveal)": lambda i: store.get(numbers[i]),
         "current": lambda i: store.current(None, reveal=True),
