@@ -75,6 +75,10 @@ DUE_BATCH = 64
 # one compact listpack: about a third of the memory of a hashtable. A token is stored in
 # chunks of this size so that its record stays one (see *Key layout* in sessionsvc.store).
 TOKEN_CHUNK = 64
+# The chunks a read of a record's token asks for with its other fields, in one HMGET: up to
+# 1,024 bytes sealed (tokens of about 990 characters), the rest in a second HMGET. A chunk
+# asked for and absent costs a scan of a short listpack; a second HMGET costs more.
+TOKEN_PREFETCH = 16
 
 
 def _reply_codes(*groups: type) -> dict[str, int]:
@@ -96,6 +100,7 @@ PIECES: dict[str, str] = {
     "WALK_BUDGET": f"local WALK_BUDGET = {WALK_BUDGET}",
     "DUE_BATCH": f"local DUE_BATCH = {DUE_BATCH}",
     "TOKEN_CHUNK": f"local TOKEN_CHUNK = {TOKEN_CHUNK}",
+    "TOKEN_PREFETCH": f"local TOKEN_PREFETCH = {TOKEN_PREFETCH}",
     "gen": "local gen = redis.call('GET', KEYS[1]) or '0'",
     "now": """
 local clock = redis.call('TIME')
@@ -201,18 +206,23 @@ local function drop_chunks(n, count, held)
   redis.call('HDEL', rec_key(n), unpack(names))
 end""",
     "sealed_of": """
--- The sealed token of record `n` from its first chunk `t` and its number of chunks `k`,
--- read with its other fields: the other chunks are read now. A record written before
--- tokens were chunked has no 'k', and all of its token in 't'. A chunk gone missing reads
--- as empty: the token then fails to open, as a damaged one does.
-local function sealed_of(n, t, k)
+-- The sealed token of record `n`, its number of chunks `k` and its first `have` chunks
+-- read with its other fields (`h[first]` is 't', `h[first + 1]` 't1', ...): the chunks
+-- past those are read now. A record written before tokens were chunked has no 'k', and all
+-- of its token in 't'. A chunk gone missing reads as empty: the token then fails to open,
+-- as a damaged one does.
+local function sealed_of(n, k, h, first, have)
   k = tonumber(k)
-  if not t or not k or k <= 1 then return t end
-  local names = {}
-  for i = 1, k - 1 do names[i] = 't' .. i end
-  local rest = redis.call('HMGET', rec_key(n), unpack(names))
-  local parts = {t}
-  for i = 1, k - 1 do parts[i + 1] = rest[i] or '' end
+  if not h[first] or not k then return h[first] end
+  if k == 1 then return h[first] end
+  local parts = {}
+  for i = 1, math.min(k, have) do parts[i] = h[first + i - 1] or '' end
+  if k > have then
+    local names = {}
+    for i = have, k - 1 do names[#names + 1] = 't' .. i end
+    local rest = redis.call('HMGET', rec_key(n), unpack(names))
+    for i = 1, #names do parts[#parts + 1] = rest[i] or '' end
+  end
   return table.concat(parts)
 end""",
     "load": """
@@ -224,7 +234,9 @@ end""",
 local function load(n, check_death, token)
   local h
   if token then
-    h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g', 'k', 't')
+    h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g', 'k',
+                   't', 't1', 't2', 't3', 't4', 't5', 't6', 't7', 't8', 't9', 't10', 't11', 't12', 't13',
+                   't14', 't15')
   else
     h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g')
   end
@@ -234,7 +246,7 @@ local function load(n, check_death, token)
     if not death or tonumber(death) <= now then return nil end
   end
   local sealed = nil
-  if token then sealed = sealed_of(n, h[11], h[10]) end
+  if token then sealed = sealed_of(n, h[10], h, 11, TOKEN_PREFETCH) end
   return {n, h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}, sealed
 end""",
     "count_reveal": """
@@ -420,6 +432,8 @@ def _names(lua: str) -> set[str]:
     """The identifiers a piece of Lua uses (comments and string literals left out)."""
     return set(_IDENTIFIER.findall(_LUA_COMMENT_OR_STRING.sub(" ", lua)))
 
+
+assert PIECES["load"].count("'t") == TOKEN_PREFETCH, "load reads TOKEN_PREFETCH chunks"
 
 # A piece names only pieces defined before it (Lua locals are seen only after their line).
 assert all(list(PIECES).index(used) < list(PIECES).index(name)
@@ -738,7 +752,7 @@ for _, n in ipairs(numbers) do
   if held[1] and held[3] == gen then
     reply[#reply + 1] = n
     reply[#reply + 1] = held[1]
-    reply[#reply + 1] = sealed_of(n, held[2], held[4])
+    reply[#reply + 1] = sealed_of(n, held[4], held, 2, 1)
   end
 end
 return reply
@@ -749,7 +763,7 @@ _RESEAL = """
 local n = ARGV[2]
 count_seal(ARGV[4])
 local held = redis.call('HMGET', rec_key(n), 't', 'g', 'k')
-if held[2] ~= gen or sealed_of(n, held[1], held[3]) ~= ARGV[3] then return 0 end
+if held[2] ~= gen or sealed_of(n, held[3], held, 1, 1) ~= ARGV[3] then return 0 end
 local fields = {}
 local count = token_fields(fields, ARGV[4])
 redis.call('HSET', rec_key(n), unpack(fields))
