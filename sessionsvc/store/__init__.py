@@ -90,7 +90,9 @@ characters (8,192 are allowed: such a record is a hashtable, as correct and larg
 listpack record takes about 190 bytes beyond its sealed token (MEMORY USAGE, key included),
 a hashtable record about 560; it costs reads a few tenths of a microsecond more per record
 (its fields are found by a scan, in the order they are written: the fields read first, the
-token last), and reading a token takes one more HMGET for its chunks past the first.
+token last). A read of a token asks for its first ``TOKEN_PREFETCH`` (16) chunks with the
+record's other fields, in one HMGET (tokens up to about 990 characters), and for the rest in
+a second one.
 
 A record written before tokens were chunked has all of its token in ``t`` and no ``k``:
 every script reads it as such, and the next write of its token (refresh, or reseal by
@@ -224,10 +226,10 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
   The caller must name the owner (the ciphertext is bound to it): ``owner`` answers from
   a per-process cache of record number -> user id filled by every record the store
   returns, and only on a miss runs its script (GET gen, HMGET), a second round-trip.
-- get: GET gen, TIME, HMGET (fields and first chunk) [+ HMGET of the other chunks]
+- get: GET gen, TIME, HMGET (fields and first 16 chunks) [+ HMGET of the other chunks]
   [+ HSET of both reveal counters when revealing].
 - current / validity: GET gen, TIME, ZREVRANGE 0 0 of the (user) index, HMGET (with the
-  first chunk when revealing) [+ ZSCORE exp if that record has expired: is it dead by the
+  first 16 chunks when revealing) [+ ZSCORE exp if that record has expired: is it dead by the
   script's clock?] [+ HMGET of the other chunks, HSET of the reveal counters]: the answer
   whenever the top entry names a live record of that user. Otherwise prune, then
   ZREVRANGE 16 at a time from the top, HMGET [+ ZSCORE exp] per entry until a live record
