@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,6 +179,34 @@ def structures(client, root: str, records: int) -> dict[str, float]:
 # --- the parent: the server, the sides, the rounds ----------------------------------------------
 
 
+@contextlib.contextmanager
+def private_redis(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, no persistence; yields its URL."""
+    import redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
+         *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("private redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(10)
+
+
 def worker_command(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> list:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", action, "--tree", tree, "--url", url,
             "--prefix", prefix, "--key", key, "--records", str(options.records), "--users", str(options.users),
@@ -218,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from bench.run import redis_server
     from sessionsvc.crypto import generate_key
 
     with tempfile.TemporaryDirectory(prefix="sessionsvc-redis-cost-") as directory:
@@ -235,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         key = generate_key("bench")
         report: dict = {"records": args.records, "users": args.users, "token_chars": args.token_chars,
                         "calls": args.calls, "rounds": args.rounds, "redis_options": args.redis_option, "sides": {}}
-        with redis_server(Path(directory), options) as url:
+        with private_redis(Path(directory), options) as url:
             import redis
             report["redis_version"] = redis.Redis.from_url(url).info("server")["redis_version"]
             prefixes = {side: f"cost{index}" for index, side in enumerate(sides)}
