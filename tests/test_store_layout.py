@@ -102,3 +102,30 @@ def test_a_record_written_before_tokens_were_chunked_reads_and_is_chunked_when_n
     assert rotated.test_cli_runner().invoke(args=["rotate-keys"]).exit_code == 0
     assert chunks(raw, key_of(second["id"]))[0].startswith(b"new:")
     assert rotated.test_client().get(f"{API}/{second['id']}").json["token"] == token + "2"
+
+
+# --- what a read runs when nothing is dead (commands counted, not timed) -----------------
+
+
+def test_reads_with_nothing_dead_neither_prune_nor_count_and_current_reads_one_record(real_redis, tmp_path):
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis), expiry_sweep=False))
+    vault = app.extensions["sessionsvc"]
+    vault.save_many([(f"user{index % 5}", f"token-{index:04d}-" + "x" * 200, int(time.time()) + 3600)
+                     for index in range(50)])
+    store = vault.store
+    store.load_scripts()
+
+    def work(read) -> dict[str, int]:
+        real_redis.config_resetstat()
+        read()
+        stats = real_redis.info("commandstats")
+        return {name[len("cmdstat_"):]: value["calls"] for name, value in stats.items()
+                if name not in ("cmdstat_evalsha", "cmdstat_config|resetstat")}
+
+    one_record = {"get": 1, "time": 1, "zrevrange": 1, "hmget": 1}
+    assert work(lambda: store.current(None)) == one_record
+    assert work(lambda: store.current("user3")) == one_record
+    assert work(lambda: store.current("user3", reveal=True)) == {**one_record, "hset": 1}  # token prefetched
+    assert work(lambda: store.get(7, reveal=True)) == {"get": 1, "time": 1, "hmget": 1, "hset": 1}
+    page = work(lambda: store.page(0, 20))
+    assert page == {"get": 1, "time": 1, "zcount": 1, "zcard": 1, "zrevrange": 1, "hmget": 20}
