@@ -72,6 +72,20 @@ def test_app_cost_times_both_apps_on_every_endpoint():
     assert rows == ENDPOINTS, finished.stdout
 
 
+def test_redis_cost_reads_redis_time_per_script_and_bytes_per_record(tmp_path):
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    out = tmp_path / "cost.json"
+    command = [sys.executable, "bench/redis_cost.py", "--records", "300", "--users", "30", "--calls", "5",
+               "--rounds", "1", "--out", str(out)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    side = json.loads(out.read_text())["sides"]["this tree"]
+    assert all(value > 0 for value in side["median_usec_per_call"].values()), side["median_usec_per_call"]
+    assert side["memory"]["structures"]["record_encoding"] == {"listpack": 100}
+    assert side["memory"]["bytes_per_record"] > side["memory"]["sealed_bytes"]
+
+
 def test_stack_cost_drives_both_sides_under_gunicorn():
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)

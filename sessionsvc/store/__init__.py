@@ -32,11 +32,14 @@ key                             type     content
 ``{P}:seals``                   hash     field key id, value: tokens sealed under that key
                                          (HINCRBY in create, refresh and reseal: AES-GCM's
                                          random-nonce budget, counted per key)
-``{P}:r:<n>``                   hash     record ``n``: ``u`` user id, ``t`` sealed token,
-                                         ``p`` preview, ``e`` expires_at (unix s), ``s``
-                                         saved_at, ``c`` created_at, ``o`` save number
-                                         (also the ETag), ``g`` generation, ``rc``/``rl``
-                                         reveal count and last reveal (unix s).
+``{P}:r:<n>``                   hash     record ``n``: ``u`` user id, ``p`` preview, ``e``
+                                         expires_at (unix s), ``s`` saved_at, ``c``
+                                         created_at, ``o`` save number (also the ETag),
+                                         ``g`` generation, ``rc``/``rl`` reveal count and
+                                         last reveal (unix s), ``k`` the number of chunks
+                                         of the sealed token and the chunks ``t``, ``t1``,
+                                         ``t2``, ... (``TOKEN_CHUNK`` = 64 bytes each, the
+                                         last shorter; see *Record encoding*).
                                          PEXPIREAT = expires_at + retention.
 ``{P}:all:G``                   zset     member ``n``, score save number: the listing
 ``{P}:u:G:<user>``              zset     member ``n``, score save number: one user's listing
@@ -76,6 +79,30 @@ key                             type     content
                                          created record's ``n u p e s c o`` as answered.
                                          PEXPIRE = the idempotency window.
 ==============================  =======  ==================================================
+
+Record encoding
+---------------
+Redis keeps a hash as one compact listpack while it has at most ``hash-max-listpack-entries``
+fields (128) and none of its values is longer than ``hash-max-listpack-value`` (64 bytes):
+these are the server's defaults, and nothing here assumes other settings. A sealed token is
+longer than 64 bytes (29 bytes of key id, nonce and tag, plus the token), so it is stored in
+chunks of at most 64 bytes, and a record stays a listpack up to tokens of about 7,700
+characters (8,192 are allowed: such a record is a hashtable, as correct and larger). A
+listpack record takes about 190 bytes beyond its sealed token (MEMORY USAGE, key included),
+a hashtable record about 560; it costs reads a few tenths of a microsecond more per record
+(its fields are found by a scan, in the order they are written: the fields read first, the
+token last). A read of a token asks for its first ``TOKEN_PREFETCH`` (16) chunks with the
+record's other fields, in one HMGET (tokens up to about 990 characters), and for the rest in
+a second one.
+
+A record written before tokens were chunked has all of its token in ``t`` and no ``k``:
+every script reads it as such, and the next write of its token (refresh, or reseal by
+``rotate-keys``) stores it in chunks. A store needs no migration: records never rewritten
+keep the old form until they expire. A process of an older version would read only the
+first chunk of a new record's token (and fail to open it, as a damaged one): upgrade every
+process of a store together. An operator whose tokens are long may raise
+``hash-max-listpack-value`` (and the store then makes no difference); see
+docs/benchmarks.md, "Memory per record", for what each structure costs.
 
 Sharding (``SESSIONSVC_SHARDS`` = S > 1)
 ----------------------------------------
@@ -131,9 +158,18 @@ Every record is in exactly the three indexes of its generation (and in ``due`` u
 expiry is told), and every change to a record, its index entries and its event happens in
 one Lua script, so no reader or crash can see one without the other. Redis alone deletes
 records (their TTL); index entries of records it has expired are pruned by the scripts, at
-most ``PRUNE_BATCH`` per call, so a burst of expiries is absorbed over many requests.
-While some remain, counts subtract them exactly (ZCOUNT on ``exp``) and pages skip them,
-so an expired record is never counted or listed.
+most ``PRUNE_BATCH`` per call, so a burst of expiries is absorbed over many requests:
+by every create and refresh, and by a read only when it finds dead entries (a page whose
+ZCOUNT on ``exp`` is not 0, a current whose first entry is not the answer). While some
+remain, counts subtract them exactly (ZCOUNT on ``exp``) and pages skip them, so an
+expired record is never counted or listed.
+
+Every script carries only the pieces of the shared prelude that its body uses
+(``scripts.PIECES``): a Lua local function is a closure built on every call, ``gen`` is a
+GET and ``now`` a TIME, so what a script does not need it does not run. Inside a script
+each ``redis.call`` costs about as much as the command itself and more (its arguments and
+reply are converted): the scripts below read a record with one HMGET and write one with one
+HSET.
 
 No read walks an index. While at most ``DEAD_WINDOW`` entries are dead, a page finds their
 ranks and maps itself to exact positions; beyond that, a read passes over at most
@@ -176,30 +212,37 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
   a walk of an index of at most ``WALK_BUDGET`` entries, else ``CATCHING_UP``]; over it:
   refuse (``USER_LIMIT``), or ZRANGE the user index from the lowest save number, HMGET
   [+ ZSCORE exp] per entry, UNLINK + ZREM x4 + XADD per record evicted, at most
-  ``WALK_BUDGET``], INCR saves, HSET + PEXPIREAT record, ZADD x4, [HSET + PEXPIRE idem],
-  XADD, [reclaim]. The check and the record happen in one script, so two processes
+  ``WALK_BUDGET``], INCR saves, HSET (every field, the token's chunks included) +
+  PEXPIREAT record, ZADD x4, [HSET + PEXPIRE idem], XADD, [EXISTS reclaim: reclaim]. It
+  answers the record from what it wrote (no read back). The check and the record happen in one script, so two processes
   racing with one key create one record, and any number racing for one user never leave
   more than the limit.
 - bulk load (``create_many``): SCRIPT EXISTS (LOAD of any missing), then the create
   script per record, pipelined, one round-trip per ``BULK_BATCH`` records.
-- refresh: GET gen, TIME, HINCRBY seals, HMGET (exists, same generation, owner, version), ZSCORE exp
-  (not dead by the script's clock, to the millisecond), tell due expiries, INCR saves,
-  HSET + PEXPIREAT, ZADD x4 (same members, new scores), XADD, prune. The existence check and the
+- refresh: GET gen, TIME, HINCRBY seals, HMGET (exists, same generation, owner, version,
+  the fields it answers, its number of chunks), ZSCORE exp (not dead by the script's clock,
+  to the millisecond), tell due expiries, INCR saves, HSET [+ HDEL of chunks past the new
+  token's] + PEXPIREAT, ZADD x4 (same members, new scores), XADD, prune, [EXISTS reclaim]. The existence check and the
   writes are one script, and Redis treats a key whose TTL passed before the script started
   as gone, so a refresh can neither revive a record past retention nor leave a hash
   without a TTL.
   The caller must name the owner (the ciphertext is bound to it): ``owner`` answers from
   a per-process cache of record number -> user id filled by every record the store
   returns, and only on a miss runs its script (GET gen, HMGET), a second round-trip.
-- get: GET gen, TIME, HMGET [+ HINCRBY/HSET reveal counters when revealing].
-- current / validity: GET gen, TIME, prune, ZCOUNT exp, ZREVRANGE of the (user) index
-  from the top, HMGET [+ ZSCORE exp while entries are dead] per entry until a live record
-  of that user, at most ``DEAD_WINDOW + WALK_BUDGET`` entries (else ``CATCHING_UP``)
-  [+ ZREM of entries naming another user's record].
-- page: GET gen, TIME, prune, ZCARD, ZCOUNT exp; while entries are dead (at most
-  ``DEAD_WINDOW``), ZRANGEBYSCORE exp LIMIT ``DEAD_WINDOW`` + ZREVRANK per dead entry of
-  this index: the exact total and the page's exact positions. A page past the total
-  answers there; otherwise ZREVRANGE of those positions, HMGET [+ ZSCORE exp] per entry
+- get: GET gen, TIME, HMGET (fields and first 16 chunks) [+ HMGET of the other chunks]
+  [+ HSET of both reveal counters when revealing].
+- current / validity: GET gen, TIME, ZREVRANGE 0 0 of the (user) index, HMGET (with the
+  first 16 chunks when revealing) [+ ZSCORE exp if that record has expired: is it dead by the
+  script's clock?] [+ HMGET of the other chunks, HSET of the reveal counters]: the answer
+  whenever the top entry names a live record of that user. Otherwise prune, then
+  ZREVRANGE 16 at a time from the top, HMGET [+ ZSCORE exp] per entry until a live record
+  of that user, at most ``DEAD_WINDOW + WALK_BUDGET`` entries in all (else
+  ``CATCHING_UP``) [+ ZREM of entries naming another user's record].
+- page: GET gen, TIME, ZCOUNT exp [+ prune when it is not 0], ZCARD; while entries are
+  dead (at most ``DEAD_WINDOW``), ZRANGEBYSCORE exp LIMIT ``DEAD_WINDOW`` + ZREVRANK per
+  dead entry of this index: the exact total and the page's exact positions. A page past
+  the total answers there; otherwise ZREVRANGE of those positions, HMGET [+ ZSCORE exp of
+  an expired record, while entries are dead] per entry
   (owner checked as for current). O(log N + limit), plus ``DEAD_WINDOW`` ranks. More
   dead entries than that: the whole-store page walks from the top (total ZCARD - ZCOUNT),
   a user's page reads their whole index, each within ``WALK_BUDGET`` entries (else

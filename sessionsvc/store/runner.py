@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .client import unavailable_kind
 from .records import Observer, StoreUnavailable
-from .scripts import PRELUDE, SCRIPTS, WRITES
+from .scripts import SCRIPTS, WRITES, script_source
 
 READ_RETRIES = 2
 # Full jitter: the n-th retry waits a random 0..min(cap, base * 2**n) seconds.
@@ -46,7 +46,7 @@ class ScriptRunner:
         # script while the store's slot is half-migrated, instead of letting it run on
         # the node that holds only part of the store.
         self._keys = [self.root + ":gen", self.root + ":slot-guard"]
-        self._scripts = {name: client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()}
+        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
 
     def _attempt(
         self, operation: str, command: Callable[[], Any], retry: bool = False, any_error: bool = False

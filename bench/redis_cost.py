@@ -1,0 +1,345 @@
+"""Redis's own cost of the store: time per script call and bytes per record, read from
+Redis itself (INFO commandstats, used_memory, MEMORY USAGE), never from a wall clock.
+
+    python bench/redis_cost.py                          # 100,000 records, 40-character tokens
+    python bench/redis_cost.py --records 1000000        # what `--scale` grows to
+    python bench/redis_cost.py --token-chars 800 --against main   # this tree beside another ref
+
+One private redis-server on a free loopback port (never the machine's shared one). Each
+side (this tree, and with ``--against REF`` that ref's ``sessionsvc`` taken out of git) is
+a store under its own key prefix in that server, bulk-loaded as the service loads records
+(its vault: tokens sealed, the create script pipelined) over ``--users`` users. Then, in
+``--rounds`` alternating rounds (each operation on side A, then on side B, then the next), every operation the service
+runs is called ``--calls`` times, one call at a time, after ``CONFIG RESETSTAT``:
+Redis's ``usec_per_call`` of EVALSHA is the script's time, and the commands the script ran
+(counted in commandstats as well) say where it went. The median of the rounds is reported.
+
+Memory: ``used_memory`` before and after each side's load, less the event stream's growth
+(it is bounded by ``SESSIONSVC_EVENTS_MAXLEN``, not per record), per record; and
+``MEMORY USAGE`` of every structure of the store (records sampled), per record. What is
+"beyond the sealed token" subtracts the sealed token's length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name: what is called (see `probe`)
+OPERATIONS = (
+    "EVALSHA of `return 1`",  # the floor of any script call: how loaded the machine is
+    "get", "get (no reveal)", "current", "validity", "current (user)", "validity (user)",
+    "page 1", "page 500 (limit 2)", "page (user)", "create", "refresh", "delete",
+)
+
+
+def bench_token(tag: str, chars: int) -> str:
+    """A JWT-shaped token of `chars` characters, unique per tag (as bench/run.py makes them)."""
+    head = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9.{tag}."
+    token = head + "x" * max(1, chars - len(head))
+    return token if len(token) <= chars else tag[-chars:].rjust(chars, "x")
+
+
+# --- the worker: one side, in its own process, importing its own tree --------------------------
+
+
+def worker(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, args.tree)
+    import redis
+
+    from sessionsvc import create_app
+    from sessionsvc.config import Config
+    from sessionsvc.store import format_id
+
+    config = Config(redis_url=args.url, encryption_keys=(args.key,), key_prefix=args.prefix,
+                    retention_seconds=86400, expiry_sweep=False)
+    vault = create_app(config).extensions["sessionsvc"]
+    store = vault.store
+    client = redis.Redis.from_url(args.url)
+    root = "{" + args.prefix + "}"
+    expires = int(time.time()) + 7 * 86400
+
+    def user_of(number: int) -> str:  # seeded in order: record n (from 1) is entry n - 1
+        return f"bench_u{(number - 1) % args.users}"
+
+    if args.worker == "seed":
+        events_before = int(client.memory_usage(root + ":events", samples=0) or 0)
+        before = client.info("memory")["used_memory"]
+        done = 0
+        while done < args.records:
+            size = min(10_000, args.records - done)
+            numbers = vault.save_many([(user_of(done + i + 1), bench_token(f"m{done + i}", args.token_chars), expires)
+                                      for i in range(size)])
+            assert numbers[0] == done + 1, "the store must be fresh: records are numbered from 1"
+            done += size
+        after = client.info("memory")["used_memory"]
+        events = int(client.memory_usage(root + ":events", samples=0) or 0) - events_before
+        sealed = vault.cipher.seal(bench_token("m0", args.token_chars), format_id(1), user_of(1))
+        return {"used_memory_delta": after - before, "events_growth": events, "sealed_bytes": len(sealed),
+                "structures": structures(client, root, args.records)}
+
+    # Serving: one line per measurement asked for on stdin, "<operation>\t<round>", and one
+    # JSON line back. The round seeds which records and users are read.
+    held = range(1, args.records + 1)
+    users: list[str] = []
+    numbers: list[int] = []
+    created: list[int] = []
+    token = ""
+
+    def new_round(round_number: int) -> None:
+        nonlocal token
+        rng = random.Random(round_number)
+        users[:] = [user_of(n) for n in rng.sample(held, min(args.calls, len(held)))]
+        numbers[:] = [rng.choice(held) for _ in range(args.calls)]
+        token = bench_token(f"r{round_number}", args.token_chars)
+
+    def create(_: int) -> None:
+        created.append(vault.save(users[_ % len(users)], token, expires).number)
+
+    def refresh(i: int) -> None:
+        n = numbers[i]
+        store.refresh(n, user_of(n), vault.cipher.seal(token, format_id(n), user_of(n)), "eyJhbGci...xxxx", expires)
+
+    floor = client.register_script("return 1")
+    calls = {
+        "EVALSHA of `return 1`": lambda i: floor(keys=[root + ":gen"], args=[]),
+        "get": lambda i: store.get(numbers[i], reveal=True),
+        "get (no reveal)": lambda i: store.get(numbers[i]),
+        "current": lambda i: store.current(None, reveal=True),
+        "validity": lambda i: store.current(None),
+        "current (user)": lambda i: store.current(users[i % len(users)], reveal=True),
+        "validity (user)": lambda i: store.current(users[i % len(users)]),
+        "page 1": lambda i: store.page(0, 20),
+        "page 500 (limit 2)": lambda i: store.page(998, 2),
+        "page (user)": lambda i: store.page(0, 20, users[i % len(users)]),
+        "create": create,
+        "refresh": refresh,
+        "delete": lambda i: store.delete(created[i]),
+    }
+    store.load_scripts()
+    print("ready", flush=True)
+    current_round = None
+    for line in sys.stdin:
+        name, round_number = line.rstrip("\n").split("\t")
+        if round_number != current_round:
+            current_round = round_number
+            new_round(int(round_number))
+            created.clear()
+        client.config_resetstat()
+        for i in range(args.calls):
+            calls[name](i)
+        stats = client.info("commandstats")
+        script = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+        inner = {key[len("cmdstat_"):]: round(value["usec"] / max(script["calls"], 1), 2)
+                 for key, value in stats.items()
+                 if key not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info") and value["calls"]}
+        print(json.dumps({"calls": script["calls"], "usec_per_call": round(script["usec"] / max(script["calls"], 1), 2),
+                          "inner_usec_per_call": inner}), flush=True)
+    client.close()
+    return {}
+
+
+def structures(client, root: str, records: int) -> dict[str, float]:
+    """MEMORY USAGE of every key of the store, per record, by kind of key (record hashes
+    sampled: 1,000 of them, scaled to the count)."""
+    totals: dict[str, float] = collections.Counter()
+    record_keys = []
+    for key in client.scan_iter(match=root + ":*", count=10_000):
+        name = key.decode()[len(root) + 1:]
+        kind = name.split(":")[0]
+        if kind == "r":
+            record_keys.append(key)
+            continue
+        if kind in ("u", "all", "exp", "due", "idx"):  # generation-numbered indexes
+            kind = {"u": "user indexes"}.get(kind, kind)
+        totals[kind] += int(client.memory_usage(key, samples=0) or 0)
+    sample = random.Random(1).sample(record_keys, min(1000, len(record_keys)))
+    totals["records (hashes)"] = statistics.fmean(int(client.memory_usage(key, samples=0) or 0)
+                                                  for key in sample) * len(record_keys)
+    encodings = collections.Counter(client.object("encoding", key).decode() for key in sample[:100])
+    return {"per_record": {kind: round(value / records, 1) for kind, value in sorted(totals.items())},
+            "record_encoding": dict(encodings)}
+
+
+# --- the parent: the server, the sides, the rounds ----------------------------------------------
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, no persistence; yields its URL."""
+    import redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
+         *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("private redis-server did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(10)
+
+
+def worker_command(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> list:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", action, "--tree", tree, "--url", url,
+            "--prefix", prefix, "--key", key, "--records", str(options.records), "--users", str(options.users),
+            "--token-chars", str(options.token_chars), "--calls", str(options.calls)]
+
+
+WORKER_ENV = {name: value for name, value in os.environ.items() if not name.startswith("SESSIONSVC_")}
+
+
+def run_worker(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> dict:
+    command = worker_command(tree, url, prefix, key, action, options)
+    finished = subprocess.run(command, capture_output=True, text=True, env=WORKER_ENV, cwd=tree)
+    if finished.returncode != 0:
+        raise SystemExit(f"{prefix} {action} failed:\n{finished.stderr[-4000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--token-chars", type=int, default=40)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", help="a git ref whose sessionsvc is measured beside this tree's")
+    parser.add_argument("--memory-only", action="store_true", help="load and measure memory, no script timing")
+    parser.add_argument("--redis-option", action="append", default=[],
+                        help="a redis-server setting, e.g. 'hash-max-listpack-value 1024'")
+    parser.add_argument("--out", help="write the JSON report here too")
+    # the worker's own arguments
+    parser.add_argument("--worker", choices=("seed", "probe"), help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = worker(args)
+        if result:
+            print(json.dumps(result))
+        return 0
+
+    sys.path.insert(0, str(ROOT))
+    from sessionsvc.crypto import generate_key
+
+    with tempfile.TemporaryDirectory(prefix="sessionsvc-redis-cost-") as directory:
+        sides = {"this tree": str(ROOT)}
+        if args.against:
+            tree = Path(directory) / "against"
+            tree.mkdir()
+            archive = subprocess.run(["git", "archive", args.against, "sessionsvc"], cwd=ROOT, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            sides = {args.against: str(tree), **sides}
+        options = tuple(part for option in args.redis_option for part in ("--" + option.split()[0],
+                                                                           *option.split()[1:]))
+        key = generate_key("bench")
+        report: dict = {"records": args.records, "users": args.users, "token_chars": args.token_chars,
+                        "calls": args.calls, "rounds": args.rounds, "redis_options": args.redis_option, "sides": {}}
+        with private_redis(Path(directory), options) as url:
+            import redis
+            report["redis_version"] = redis.Redis.from_url(url).info("server")["redis_version"]
+            prefixes = {side: f"cost{index}" for index, side in enumerate(sides)}
+            for side, tree in sides.items():
+                started = time.monotonic()
+                seeded = run_worker(tree, url, prefixes[side], key, "seed", args)
+                per_record = (seeded["used_memory_delta"] - seeded["events_growth"]) / args.records
+                seeded["bytes_per_record"] = round(per_record, 1)
+                seeded["beyond_sealed_token"] = round(per_record - seeded["sealed_bytes"], 1)
+                report["sides"][side] = {"memory": seeded, "rounds": []}
+                print(f"{side}: loaded {args.records:,} in {time.monotonic() - started:.0f} s: "
+                      f"{per_record:.0f} B per record (sealed token {seeded['sealed_bytes']} B): "
+                      f"{json.dumps(seeded['structures'])}", flush=True)
+            # Every operation on each side in turn, round after round: the same operation's
+            # figures for the two sides are taken seconds apart (a shared machine's load moves
+            # over minutes).
+            servers = {side: subprocess.Popen(worker_command(tree, url, prefixes[side], key, "probe", args),
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                              env=WORKER_ENV, cwd=tree)
+                       for side, tree in sides.items()} if not args.memory_only else {}
+            for process in servers.values():
+                assert process.stdout.readline().strip() == "ready"
+            for round_number in range(args.rounds if servers else 0):
+                for side in sides:
+                    report["sides"][side]["rounds"].append({})
+                for name in OPERATIONS:
+                    for side, process in servers.items():
+                        process.stdin.write(f"{name}\t{round_number}\n")
+                        process.stdin.flush()
+                        report["sides"][side]["rounds"][-1][name] = json.loads(process.stdout.readline())
+                print(f"round {round_number + 1} done", flush=True)
+            for process in servers.values():
+                process.stdin.close()
+                process.wait(60)
+        for data in report["sides"].values():
+            if data["rounds"]:
+                data["median_usec_per_call"] = {
+                    name: statistics.median(r[name]["usec_per_call"] for r in data["rounds"]) for name in OPERATIONS
+                }
+    print_report(report)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def print_report(report: dict) -> None:
+    sides = list(report["sides"])
+    print(f"\nredis {report['redis_version']}, {report['records']:,} records of {report['token_chars']}-character "
+          f"tokens over {report['users']:,} users; {report['calls']} calls per script, median of "
+          f"{report['rounds']} rounds")
+    if all("median_usec_per_call" in report["sides"][side] for side in sides):
+        print("| script | " + " | ".join(f"{side} µs/call" for side in sides) + " |")
+        for name in OPERATIONS:
+            cells = " | ".join(f"{report['sides'][side]['median_usec_per_call'][name]:.1f}" for side in sides)
+            print(f"| {name} | {cells} |")
+        for side in sides:
+            print(f"\n{side}: commands inside each script (last round, µs per script call)")
+            for name, stats in report["sides"][side]["rounds"][-1].items():
+                inner = ", ".join(f"{cmd} {usec}" for cmd, usec in
+                                  sorted(stats["inner_usec_per_call"].items(), key=lambda item: -item[1]))
+                print(f"  {name}: {stats['usec_per_call']} = {inner}")
+    print("\n| bytes per record | " + " | ".join(sides) + " |")
+    kinds = sorted({kind for side in sides for kind in report["sides"][side]["memory"]["structures"]["per_record"]})
+    for kind in kinds:
+        cells = " | ".join(str(report["sides"][side]["memory"]["structures"]["per_record"].get(kind, "–"))
+                           for side in sides)
+        print(f"| {kind} (MEMORY USAGE) | {cells} |")
+    for label, field in (("used_memory, less the event stream", "bytes_per_record"),
+                         ("sealed token", "sealed_bytes"), ("beyond the sealed token", "beyond_sealed_token")):
+        print(f"| {label} | " + " | ".join(str(report["sides"][side]["memory"][field]) for side in sides) + " |")
+    for side in sides:
+        print(f"{side}: record encodings {report['sides'][side]['memory']['structures']['record_encoding']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
