@@ -67,3 +67,31 @@ def test_owner_cache_is_bounded(vault, monkeypatch):
     for number in range(1, 10):
         store._owners.remember(number, "u")
     assert list(store._owners) == [7, 8, 9]
+
+
+def test_the_app_tells_plain_functions_from_coroutine_functions_as_flask_does(app):
+    """ServiceFlask remembers which functions are plain; its answers are Flask's own."""
+    from flask import Flask
+
+    class View:
+        def get(self):
+            return "plain"
+
+    async def coroutine():
+        return "awaited"
+
+    def plain():
+        return "plain"
+
+    for _ in range(2):  # the first answer worked out, the second remembered
+        assert app.ensure_sync(plain) is plain
+        method = View().get
+        assert app.ensure_sync(method) is method
+    for func in (coroutine, len):
+        try:
+            expected = Flask.ensure_sync(app, func)
+        except RuntimeError as error:  # Flask without its async extra
+            with pytest.raises(RuntimeError, match=str(error)[:20]):
+                app.ensure_sync(func)
+        else:
+            assert app.ensure_sync(func) is expected or app.ensure_sync(func)() == expected()
