@@ -11,6 +11,7 @@ from types import FunctionType, MethodType
 from typing import Any
 
 from flask import Flask
+from flask.sessions import NullSession, SessionInterface
 
 from . import logs
 from .config import Config, shard_count_error
@@ -26,14 +27,33 @@ DEV_KEYS_FILE = "dev-encryption-keys"
 SYNCHRONOUS_CACHED = 4096
 
 
+class NoSessions(SessionInterface):
+    """No cookie sessions: the API keeps nothing about a client in cookies, and sets no
+    SECRET_KEY, so Flask's own interface opens a new `NullSession` for every request.
+    This one hands every request the same NullSession (which refuses to be written, as
+    Flask's does), and never saves it."""
+
+    def __init__(self) -> None:
+        self.null = self.null_session_class()
+
+    def open_session(self, app: Flask, request: Any) -> NullSession:
+        return self.null
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        return None
+
+
 class ServiceFlask(Flask):
-    """Flask, remembering which functions are plain ``def`` s.
+    """Flask, remembering which functions are plain ``def`` s, and without cookie sessions
+    (`NoSessions`, through Flask's `session_interface`).
 
     Flask asks `ensure_sync` about every hook, view and decorator layer of every request
     (a dozen or more), and `inspect.iscoroutinefunction` works its answer out afresh each
     time. Here the answer for a function (or a bound method's function) is kept; anything
     else, and any coroutine function, goes to Flask's own `ensure_sync`, the method Flask
     documents for overriding."""
+
+    session_interface = NoSessions()
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

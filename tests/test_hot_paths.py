@@ -95,3 +95,16 @@ def test_the_app_tells_plain_functions_from_coroutine_functions_as_flask_does(ap
                 app.ensure_sync(func)
         else:
             assert app.ensure_sync(func) is expected or app.ensure_sync(func)() == expected()
+
+
+def test_no_request_opens_a_cookie_session(app, client):
+    """As with Flask's own interface and no SECRET_KEY: a null session that refuses writes,
+    and no cookie on any answer."""
+    from flask import session
+    from flask.sessions import NullSession
+
+    with app.test_request_context(API):
+        assert isinstance(session._get_current_object(), NullSession) and not session
+        with pytest.raises(RuntimeError, match="secret key"):
+            session["user"] = "u1"
+    assert "Set-Cookie" not in client.get(API).headers
