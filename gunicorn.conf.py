@@ -52,8 +52,6 @@ pidfile = os.environ.get("SESSIONSVC_PIDFILE") or None
 logconfig_dict = logging_config(_app_config)
 lean_log_records()  # for gunicorn's own lines too (the access line is written per request)
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms route=%({sessionsvc.route}e)s rid=%({x-request-id}o)s'
-# gunicorn's logger, the access line's atoms worked out as the line reads them (sessionsvc/accesslog.py).
-logger_class = "sessionsvc.accesslog.AccessLogger"
 loglevel = _app_config.log_level.lower()
 
 
