@@ -60,6 +60,7 @@ import json
 import logging
 import os
 import re
+import resource
 import runpy
 import subprocess
 import sys
@@ -396,9 +397,12 @@ def whole_worker(bench: Bench, servers: dict[str, Server], client: redis.Redis, 
         for side, server in servers.items():
             bench.drive(server, case, 1.0)  # warm-up, and the scripts loaded
             client.config_resetstat()
-            redis_before = cpu_ns(redis_pid)
+            redis_before, driver_before = cpu_ns(redis_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
             run = bench.drive(server, case, seconds)
             redis_ns = cpu_ns(redis_pid) - redis_before
+            driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped when it ended
+            driver_seconds = (driver_after.ru_utime - driver_before.ru_utime
+                              + driver_after.ru_stime - driver_before.ru_stime)
             stats = commandstats(client)
             requests = max(1, run["requests"])
             scripts = {name: stats.pop(name) for name in ("evalsha", "eval") if name in stats}
@@ -414,6 +418,7 @@ def whole_worker(bench: Bench, servers: dict[str, Server], client: redis.Redis, 
                 "requests": run["requests"],
                 "errors": run["errors"],
                 "worker_us": run["cpu_seconds"] / requests * 1e6,
+                "driver_us": driver_seconds / requests * 1e6,
                 "redis_us": redis_us,
                 "redis_script_us": script_us,
                 "redis_commands_us": executed,
@@ -576,6 +581,16 @@ def markdown(report: dict) -> str:
         cells = [f"{report['sides'][side][case]['worker_us'] + report['sides'][side][case]['redis_us']:.0f}"
                  f" ({report['sides'][side][case]['redis_us']:.0f})" for case in cases]
         lines.append(f"| {name}, whole (of which Redis) | " + " | ".join(cells) + " |")
+
+    def with_driver(side: str, case: str) -> float:
+        entry = report["sides"][side][case]
+        return entry["worker_us"] + entry["redis_us"] + entry["driver_us"]
+
+    lines.append("| the load generator (wrk), per request | " + " | ".join(
+        f"{report['sides']['service'][case]['driver_us']:.0f}" for case in cases) + " |")
+    for side, name in (("baseline", "same-work baseline"), ("naive", "naive app")):
+        lines.append(f"| CPU per request, {name} ÷ service (wrk included): the ratio to expect | " + " | ".join(
+            f"{with_driver(side, case) / with_driver('service', case):.2f}" for case in cases) + " |")
     if "rows_instructions" in report:
         lines += ["", "Instructions per request (user space; the worker's whole under callgrind; Redis not counted):",
                   "", header, rule]
