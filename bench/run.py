@@ -757,7 +757,8 @@ def format_row(label: str, result: dict) -> str:
 def markdown_main(report: dict) -> str:
     lines = [
         f"Run {report['date']} on {report['cores']} cores ({report['machine']}), command: `{report['command']}`",
-        f"(load: {report['load']}; load average before {report.get('load_average_before', [0])[0]:.2f}).",
+        f"(load: {report['load']}; the machine's load average {report['load_average_before'][0]:.2f} before, "
+        f"{report['load_average_after'][0]:.2f} after).",
         "",
         "| endpoint | service req/s | p50 ms | p99 ms | same-work req/s | p99 ms | naive req/s | p99 ms "
         "| ratio to same-work (target) | p99 × | ratio to naive (target) | p99 × (limit) "
@@ -939,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load_average_before": os.getloadavg(),
             }
             report.update(getattr(bench, "main_table" if name == "main" else name)())
+            report["load_average_after"] = os.getloadavg()
             report["seconds"] = round(time.monotonic() - started, 1)
             out = args.results / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
             out.write_text(json.dumps(report, indent=2) + "\n")
