@@ -13,9 +13,11 @@ then the app built:
 
 - **Redis, script** and its commands: a private redis-server seeded with `--records`
   records (10,000) per side as `make bench` seeds it; each side under `make bench`'s load
-  (wrk, 16 connections, the production gunicorn settings) for `--seconds`, then `INFO
-  commandstats`: EVALSHA's time per request, and each command the scripts ran (commands
-  run by a script are counted there too). **Redis, rest** is the rest of redis-server's
+  (wrk, 16 connections, the production gunicorn settings), `--rounds` runs of `--seconds`
+  with the sides in turn, then `INFO commandstats` after each: EVALSHA's time per
+  request, and each command the scripts ran (commands run by a script are counted there
+  too). Of each CPU figure the least of the runs counts: other work on a shared machine
+  only ever adds to it. **Redis, rest** is the rest of redis-server's
   CPU time meanwhile (reading requests, writing replies, its event loop), from
   `/proc/<pid>/task/*/schedstat`.
 - **whole worker**: the gunicorn processes' CPU time per request in that same run (user
@@ -387,48 +389,70 @@ def commandstats(client: redis.Redis) -> dict[str, dict[str, float]]:
     return {name.removeprefix("cmdstat_"): stats for name, stats in client.info("commandstats").items()}
 
 
+def one_run(bench: Bench, server: Server, client: redis.Redis, redis_pid: int, case: str, seconds: float) -> dict:
+    """One run of `case` against one side: CPU per request of the workers, of Redis (the
+    commands, and the rest) and of the load generator, and the commands Redis ran."""
+    client.config_resetstat()
+    redis_before, driver_before = cpu_ns(redis_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = bench.drive(server, case, seconds)
+    redis_ns = cpu_ns(redis_pid) - redis_before
+    driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped when it ended
+    driver_seconds = (driver_after.ru_utime - driver_before.ru_utime
+                      + driver_after.ru_stime - driver_before.ru_stime)
+    stats = commandstats(client)
+    requests = max(1, run["requests"])
+    scripts = {name: stats.pop(name) for name in ("evalsha", "eval") if name in stats}
+    for name in ("config|resetstat", "info"):
+        stats.pop(name, None)
+    script_us = sum(entry["usec"] for entry in scripts.values()) / requests
+    commands_us = sum(entry["usec"] for entry in stats.values()) / requests
+    # Commands run by a script are counted both under EVALSHA and under their own
+    # names: EVALSHA's time is the script's, commands outside one ran alone.
+    executed = script_us if scripts else commands_us
+    redis_us = redis_ns / requests / 1e3
+    return {
+        "requests": run["requests"],
+        "errors": run["errors"],
+        "rps": run["rps"],
+        "worker_us": run["cpu_seconds"] / requests * 1e6,
+        "driver_us": driver_seconds / requests * 1e6,
+        "redis_us": redis_us,
+        "redis_script_us": script_us,
+        "redis_commands_us": executed,
+        "redis_rest_us": max(0.0, redis_us - executed),
+        "script_calls": sum(entry["calls"] for entry in scripts.values()) / requests,
+        "commands": {name: {"calls": entry["calls"] / requests, "us": entry["usec"] / requests}
+                     for name, entry in sorted(stats.items(), key=lambda item: -item[1]["usec"])},
+    }
+
+
 def whole_worker(bench: Bench, servers: dict[str, Server], client: redis.Redis, redis_pid: int, cases: list[str],
-                 seconds: float) -> dict[str, dict[str, dict]]:
-    """Per side and case, under `make bench`'s load (its driver and connections) for
-    `seconds`: the workers' CPU µs per request, Redis's (the commands, and the rest), and
-    the commands the service's scripts ran, per request."""
+                 seconds: float, rounds: int) -> dict[str, dict[str, dict]]:
+    """Per side and case, under `make bench`'s load (its driver and connections): `rounds`
+    runs of `seconds`, the sides in turn, and of each figure the least any run gave. Other
+    work on the machine only ever adds to a process's CPU time per request (caches, the
+    other hyperthread), so the least of several short runs is the nearest to the cost
+    itself; the runs are kept in the report."""
     results: dict[str, dict[str, dict]] = {side: {} for side in servers}
     for case in cases:
-        for side, server in servers.items():
+        for server in servers.values():
             bench.drive(server, case, 1.0)  # warm-up, and the scripts loaded
-            client.config_resetstat()
-            redis_before, driver_before = cpu_ns(redis_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
-            run = bench.drive(server, case, seconds)
-            redis_ns = cpu_ns(redis_pid) - redis_before
-            driver_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped when it ended
-            driver_seconds = (driver_after.ru_utime - driver_before.ru_utime
-                              + driver_after.ru_stime - driver_before.ru_stime)
-            stats = commandstats(client)
-            requests = max(1, run["requests"])
-            scripts = {name: stats.pop(name) for name in ("evalsha", "eval") if name in stats}
-            for name in ("config|resetstat", "info"):
-                stats.pop(name, None)
-            script_us = sum(entry["usec"] for entry in scripts.values()) / requests
-            commands_us = sum(entry["usec"] for entry in stats.values()) / requests
-            # Commands run by a script are counted both under EVALSHA and under their own
-            # names: EVALSHA's time is the script's, commands outside one ran alone.
-            executed = script_us if scripts else commands_us
-            redis_us = redis_ns / requests / 1e3
+        runs: dict[str, list[dict]] = {side: [] for side in servers}
+        for _ in range(rounds):
+            for side, server in servers.items():
+                runs[side].append(one_run(bench, server, client, redis_pid, case, seconds))
+        for side, side_runs in runs.items():
+            quietest_redis = min(side_runs, key=lambda run: run["redis_us"])
             results[side][case] = {
-                "requests": run["requests"],
-                "errors": run["errors"],
-                "worker_us": run["cpu_seconds"] / requests * 1e6,
-                "driver_us": driver_seconds / requests * 1e6,
-                "redis_us": redis_us,
-                "redis_script_us": script_us,
-                "redis_commands_us": executed,
-                "redis_rest_us": max(0.0, redis_us - executed),
-                "script_calls": sum(entry["calls"] for entry in scripts.values()) / requests,
-                "commands": {name: {"calls": entry["calls"] / requests, "us": entry["usec"] / requests}
-                             for name, entry in sorted(stats.items(), key=lambda item: -item[1]["usec"])},
+                **quietest_redis,
+                "worker_us": min(run["worker_us"] for run in side_runs),
+                "driver_us": min(run["driver_us"] for run in side_runs),
+                "runs": [{name: round(run[name], 1) for name in ("rps", "worker_us", "redis_us", "driver_us")}
+                         for run in side_runs],
             }
-            log(f"  {side:8} {case:9} {run['rps']:6.0f} req/s, worker {results[side][case]['worker_us']:5.0f} us, "
-                f"redis {redis_us:4.0f} us (commands {executed:5.1f})")
+            entry = results[side][case]
+            log(f"  {side:8} {case:9} worker {entry['worker_us']:5.0f} us, redis {entry['redis_us']:4.0f} us "
+                f"(commands {entry['redis_commands_us']:5.1f}), wrk {entry['driver_us']:4.0f} us")
     return results
 
 
@@ -497,7 +521,7 @@ def decompose(parts: dict[str, float], whole: float, redis_script: float | None,
 def measure(args: argparse.Namespace) -> dict:
     cases = args.cases.split(",")
     report: dict = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "cases": cases,
-                    "records": args.records, "seconds": args.seconds, "driver": args.driver,
+                    "records": args.records, "seconds": args.seconds, "rounds": args.rounds, "driver": args.driver,
                     "connections": args.connections, "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="decompose-") as directory:
         workdir = Path(directory)
@@ -517,7 +541,7 @@ def measure(args: argparse.Namespace) -> dict:
                              config=NAIVE_CONFIG) as naive:
                 log("whole workers and Redis under load, CPU time:")
                 report["sides"] = whole_worker(bench, {"service": service, "baseline": same, "naive": naive},
-                                               client, redis_pid, cases, args.seconds)
+                                               client, redis_pid, cases, args.seconds, args.rounds)
             client.close()
         log("parts in process, CPU time:")
         report["us"] = {case: {name: in_process(name, case, False, args.repeat, args.number) for name in IN_PROCESS}
@@ -565,8 +589,9 @@ def markdown(report: dict) -> str:
     header = "| part | " + " | ".join(labels[case] for case in cases) + " |"
     rule = "|---|" + "---:|" * len(cases)
     lines = [f"Run {report['date']}, command: `python -m bench.decompose` ({report['records']:,} records per side; "
-             f"{report['driver']}, {report['connections']} connections, {report['seconds']:g} s per endpoint and "
-             f"side; load average before {report['load_average_before'][0]:.2f}).", "",
+             f"{report['driver']}, {report['connections']} connections, the least of {report['rounds']} runs of "
+             f"{report['seconds']:g} s per endpoint and side; load average before "
+             f"{report['load_average_before'][0]:.2f}).", "",
              "µs of CPU time per request (share of the service's whole):", "", header, rule]
     totals = {case: sum(value for value in report["rows_us"][case].values()) for case in cases}
     for key, label in ROWS:
@@ -635,7 +660,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--records", type=int, default=10_000, help="records seeded per side")
-    parser.add_argument("--seconds", type=float, default=4.0, help="load per endpoint and side (CPU time)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="load per run (CPU time)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per endpoint and side (CPU time): the least counts")
     parser.add_argument("--driver", choices=("wrk", "python"), default="wrk")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=20, help="in-process parts: best of this many runs")
