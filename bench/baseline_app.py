@@ -24,7 +24,9 @@ from bench.same_work import ID_BLOCK, OWNER_CACHE_SIZE, PRUNE_BATCH, SameWork, f
 PREFIX = "/api/v1/session-storage"
 
 work = SameWork(
-    redis.Redis.from_url(os.environ["SESSIONSVC_REDIS_URL"], socket_timeout=1.0, max_connections=50),
+    # The pool the service's would be: gunicorn.conf.py sizes it to a gevent worker's concurrency.
+    redis.Redis.from_url(os.environ["SESSIONSVC_REDIS_URL"], socket_timeout=1.0,
+                         max_connections=int(os.environ.get("SESSIONSVC_REDIS_MAX_CONNECTIONS", "50"))),
     os.environ.get("SESSIONSVC_KEY_PREFIX", "sessionsvc"),
     int(os.environ.get("SESSIONSVC_RETENTION_SECONDS", "86400")),
 )

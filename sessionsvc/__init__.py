@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
+from inspect import iscoroutinefunction
+from types import FunctionType, MethodType
 from typing import Any
 
 from flask import Flask
+from flask.sessions import NullSession, SessionInterface
 
 from . import logs
 from .config import Config, shard_count_error
@@ -17,6 +20,56 @@ from .crypto import generate_key
 log = logging.getLogger("sessionsvc")
 
 DEV_KEYS_FILE = "dev-encryption-keys"
+
+
+# How many functions ServiceFlask remembers as synchronous (a bound: views, hooks and
+# decorators' wrappers are a few dozen; anything made per request must not grow it).
+SYNCHRONOUS_CACHED = 4096
+
+
+class NoSessions(SessionInterface):
+    """No cookie sessions: the API keeps nothing about a client in cookies, and sets no
+    SECRET_KEY, so Flask's own interface opens a new `NullSession` for every request.
+    This one hands every request the same NullSession (which refuses to be written, as
+    Flask's does), and never saves it."""
+
+    def __init__(self) -> None:
+        self.null = self.null_session_class()
+
+    def open_session(self, app: Flask, request: Any) -> NullSession:
+        return self.null
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        return None
+
+
+class ServiceFlask(Flask):
+    """Flask, remembering which functions are plain ``def`` s, and without cookie sessions
+    (`NoSessions`, through Flask's `session_interface`).
+
+    Flask asks `ensure_sync` about every hook, view and decorator layer of every request
+    (a dozen or more), and `inspect.iscoroutinefunction` works its answer out afresh each
+    time. Here the answer for a function (or a bound method's function) is kept; anything
+    else, and any coroutine function, goes to Flask's own `ensure_sync`, the method Flask
+    documents for overriding."""
+
+    session_interface = NoSessions()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._synchronous: set[FunctionType] = set()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        target = func.__func__ if type(func) is MethodType else func
+        if type(target) is FunctionType:
+            if target in self._synchronous:
+                return func
+            if not iscoroutinefunction(target):
+                if len(self._synchronous) >= SYNCHRONOUS_CACHED:
+                    self._synchronous.clear()
+                self._synchronous.add(target)
+                return func
+        return super().ensure_sync(func)
 
 
 def development_keys(instance_path: str) -> tuple[str, ...]:
@@ -58,7 +111,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         config = Config.from_env(config)
     config.check()
 
-    app = Flask(__name__, instance_relative_config=True)
+    app = ServiceFlask(__name__, instance_relative_config=True)
     logs.install(app, config)
     app.json = OrjsonProvider(app)
     app.config.update(

@@ -96,14 +96,15 @@ class JsonFormatter(OrjsonFormatter):
         # site: worked out once per layout rather than by a pass over ~30 attributes.
         self._extra_names: dict[tuple[str, ...], tuple[str, ...]] = {}
 
-    def format(self, record: logging.LogRecord) -> str:
-        """The plain line (a text message, no exception or stack) built directly: the
-        same fields in the same order as python-json-logger's general path, which the
-        rest still takes (tests/test_ops.py compares the two)."""
-        if not self._direct or isinstance(record.msg, dict) or record.exc_info or record.exc_text or record.stack_info:
-            return super().format(record)
-        record.message = message = record.getMessage()
-        log_data: dict[str, Any] = {"level": record.levelname, "logger": record.name, "message": message}
+    def direct(self, record: logging.LogRecord) -> bool:
+        """Whether the record is a plain line (a text message, no exception or stack),
+        which `format` builds directly rather than through python-json-logger's general path."""
+        return self._direct and not (
+            isinstance(record.msg, dict) or record.exc_info or record.exc_text or record.stack_info
+        )
+
+    def add_extra_fields(self, log_data: dict[str, Any], record: logging.LogRecord) -> None:
+        """The record's extra fields, in its attributes' order."""
         attributes = record.__dict__
         layout = tuple(attributes)
         extra_names = self._extra_names.get(layout)
@@ -115,6 +116,16 @@ class JsonFormatter(OrjsonFormatter):
             self._extra_names[layout] = extra_names
         for name in extra_names:
             log_data[name] = attributes[name]
+
+    def format(self, record: logging.LogRecord) -> str:
+        """A plain line built directly: the same fields in the same order as
+        python-json-logger's general path, which the rest still takes (tests/test_ops.py
+        compares the two)."""
+        if not self.direct(record):
+            return super().format(record)
+        record.message = message = record.getMessage()
+        log_data: dict[str, Any] = {"level": record.levelname, "logger": record.name, "message": message}
+        self.add_extra_fields(log_data, record)
         log_data["time"] = datetime.fromtimestamp(record.created, tz=UTC)
         return self.jsonify_log_record(log_data)
 
@@ -123,10 +134,25 @@ class AccessJsonFormatter(JsonFormatter):
     """gunicorn's access line as JSON fields, picked from its atoms (never ``r``, ``q`` or
     request headers, which could hold a query string or credentials)."""
 
-    format = OrjsonFormatter.format  # the general path, through add_fields below
+    def format(self, record: logging.LogRecord) -> str:
+        """A plain line built directly, as `JsonFormatter.format` does, from the atoms
+        alone: the text message (gunicorn's ``access_log_format``) is not worked out, since
+        the JSON line's message is its own. The same line as the general path (through
+        `add_fields` below), which the rest still takes (tests/test_ops.py compares them)."""
+        if not self.direct(record):
+            return OrjsonFormatter.format(self, record)
+        log_data: dict[str, Any] = {"level": record.levelname, "logger": record.name, "message": None}
+        self.add_extra_fields(log_data, record)
+        log_data["time"] = datetime.fromtimestamp(record.created, tz=UTC)
+        self.add_access_fields(log_data, record)
+        return self.jsonify_log_record(log_data)
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         super().add_fields(log_data, record, message_dict)
+        self.add_access_fields(log_data, record)
+
+    @staticmethod
+    def add_access_fields(log_data: dict[str, Any], record: logging.LogRecord) -> None:
         atoms = record.args if isinstance(record.args, Mapping) else {}
 
         def atom(name: str) -> Any:

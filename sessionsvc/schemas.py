@@ -258,14 +258,23 @@ class PageQuery(UserQuery):
 # so that the OpenAPI document (and a client generated from it) says so.
 
 
+@lru_cache(maxsize=1024)
+def attribute_reader(attr: str) -> attrgetter:
+    """The reader of an attribute path (``record.id``), made once per path."""
+    return attrgetter(attr)
+
+
 class ObjectSchema(Schema):
     """Dumps an object (a store Record, a vault Revealed) by reading attributes, dotted
     paths included: marshmallow's default reader tries `record["id"]` first, which a
-    Record (a named tuple) refuses with an exception, for every field of every record."""
+    Record (a named tuple) refuses with an exception, for every field of every record.
+    A dict (an answer built in a view) is read as marshmallow reads it."""
 
     def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
+        if isinstance(obj, dict):
+            return super().get_attribute(obj, attr, default)
         try:
-            return attrgetter(attr)(obj)
+            return attribute_reader(attr)(obj)
         except AttributeError:
             return default
 
@@ -306,8 +315,9 @@ class CurrentToken(ObjectSchema):
     is_valid = fields.Boolean(required=True, attribute="record.is_valid")
 
 
-class Validity(Schema):
-    """Whether the current token is still valid. Dumps a store Record."""
+class Validity(ObjectSchema):
+    """Whether the current token is still valid. Dumps a store Record (or the view's
+    answer when no token is held)."""
 
     is_valid = fields.Boolean(required=True)
     expires_at = Timestamp(required=True, allow_none=True)

@@ -3,6 +3,8 @@ rot. Nothing here checks a number: benchmarks are noisy and are not tests."""
 
 from __future__ import annotations
 
+import argparse
+import http.client
 import json
 import shutil
 import subprocess
@@ -31,14 +33,52 @@ def run_bench(tmp_path: Path, *options: str) -> dict[str, dict]:
     return reports
 
 
-def test_bench_table_runs_service_and_baseline_on_every_endpoint(tmp_path):
-    reports = run_bench(tmp_path, "--duration", "0.3")
+def test_bench_table_runs_service_and_both_baselines_on_every_endpoint(tmp_path):
+    reports = run_bench(tmp_path, "--duration", "0.3", "--heavy-connections", "3")
     endpoints = reports["main"]["endpoints"]
-    assert set(endpoints) == ENDPOINTS
+    assert set(endpoints) == ENDPOINTS | {"mixed", "mixed@3"}
     for result in endpoints.values():
-        for side in ("service", "baseline"):
+        for side in ("service", "baseline", "naive"):
             assert result[side]["requests"] > 0 and result[side]["errors"] == 0, result
-    assert "| GET /current |" in reports["docs"]["text"]
+        for pair in ("vs_baseline", "vs_naive"):
+            assert result[pair]["ratio"] > 0 and result[pair]["p99_ratio"] > 0, result
+    assert endpoints["get_id"]["vs_naive"]["target"] == 0.8 and endpoints["mixed@3"]["vs_naive"]["p99_limit"] == 2.0
+    text = reports["docs"]["text"]
+    assert "| GET /current |" in text and "ratio to naive" in text and "| mixed workload, 3 connections |" in text
+
+
+def test_the_naive_app_answers_every_endpoint_from_seeded_records(tmp_path):
+    """One command per request, against what bench/run.py seeds for it."""
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    from bench.run import Bench, gunicorn, seed_naive
+    from tests.redis_server import RedisServer
+
+    bench = Bench(argparse.Namespace(driver="python"), tmp_path)
+    with RedisServer(tmp_path) as redis_server:
+        url = redis_server.url
+        seed_naive(url, 5, token_chars=100)
+        with gunicorn("bench.naive_app:app", bench.naive_env(url), tmp_path, "naive",
+                      config="bench/naive_gunicorn.conf.py") as naive:
+            def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+                connection = http.client.HTTPConnection(naive.url.removeprefix("http://"), timeout=10)
+                connection.request(method, "/api/v1/session-storage" + path, json.dumps(body) if body else None,
+                                   {"Content-Type": "application/json"} if body else {})
+                response = connection.getresponse()
+                status, answer = response.status, json.loads(response.read())
+                connection.close()
+                return status, answer
+
+            status, record = call("GET", "/store_002")  # the path pads the number, the key does not
+            assert status == 200 and record["id"] == "store_002" and len(record["token"]) == 100
+            assert call("GET", "/current")[1]["token"].endswith("x")
+            assert call("GET", "/validity")[1]["is_valid"] is True
+            listed = call("GET", "?page=1&limit=2")[1]["data"]
+            assert [item["id"] for item in listed] == ["store_005", "store_004"]
+            body = {"user_id": "u", "token": "t" * 40, "expires_at": "2099-01-01T00:00:00Z"}
+            assert call("POST", "", body)[0] == 201
+            assert call("PUT", "/store_001", {"token": "t" * 40, "expires_at": "2099-01-01T00:00:00Z"})[0] == 200
+        assert "access" not in (tmp_path / "naive.log").read_text().lower()
 
 
 def test_bench_sweep_scale_memory_and_burst_runs_complete(tmp_path):

@@ -67,3 +67,44 @@ def test_owner_cache_is_bounded(vault, monkeypatch):
     for number in range(1, 10):
         store._owners.remember(number, "u")
     assert list(store._owners) == [7, 8, 9]
+
+
+def test_the_app_tells_plain_functions_from_coroutine_functions_as_flask_does(app):
+    """ServiceFlask remembers which functions are plain; its answers are Flask's own."""
+    from flask import Flask
+
+    class View:
+        def get(self):
+            return "plain"
+
+    async def coroutine():
+        return "awaited"
+
+    def plain():
+        return "plain"
+
+    for _ in range(2):  # the first answer worked out, the second remembered
+        assert app.ensure_sync(plain) is plain
+        method = View().get
+        assert app.ensure_sync(method) is method
+    for func in (coroutine, len):
+        try:
+            expected = Flask.ensure_sync(app, func)
+        except RuntimeError as error:  # Flask without its async extra
+            with pytest.raises(RuntimeError, match=str(error)[:20]):
+                app.ensure_sync(func)
+        else:
+            assert app.ensure_sync(func) is expected or app.ensure_sync(func)() == expected()
+
+
+def test_no_request_opens_a_cookie_session(app, client):
+    """As with Flask's own interface and no SECRET_KEY: a null session that refuses writes,
+    and no cookie on any answer."""
+    from flask import session
+    from flask.sessions import NullSession
+
+    with app.test_request_context(API):
+        assert isinstance(session._get_current_object(), NullSession) and not session
+        with pytest.raises(RuntimeError, match="secret key"):
+            session["user"] = "u1"
+    assert "Set-Cookie" not in client.get(API).headers

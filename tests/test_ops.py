@@ -3,12 +3,17 @@ fakeredis and on the private redis-server (the OpenAPI document: test_openapi.py
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
 import re
+import runpy
 import sys
+import types
+from pathlib import Path
 
+import pytest
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from conftest import API, TEST_KEYS, user_root
@@ -17,6 +22,8 @@ from sessionsvc import create_app, metrics, ops
 from sessionsvc.config import Config
 from sessionsvc.logs import JsonFormatter, RequestContext, TextFormatter, human_readable
 from sessionsvc.store.scripts import SCRIPTS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def metric(body: str, name: str, **labels: str) -> float | None:
@@ -177,6 +184,59 @@ def test_json_lines_are_the_ones_python_json_logger_writes(app):
         failed = logging.LogRecord("sessionsvc", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     assert formatter.format(failed) == general(formatter, failed)
     assert "exc_info" in json.loads(formatter.format(failed))
+
+
+@pytest.fixture
+def gunicorn_logger():
+    """gunicorn's own logger on its default settings (its handlers removed afterwards)."""
+    from gunicorn.config import Config as GunicornConfig
+    from gunicorn.glogging import Logger
+
+    names = ("gunicorn.error", "gunicorn.access")
+    before = {name: list(logging.getLogger(name).handlers) for name in names}
+    logger = Logger(GunicornConfig())
+    yield logger
+    for name in names:
+        logging.getLogger(name).handlers[:] = before[name]
+
+
+def access_requests():
+    """(resp, req, environ, request_time) as gunicorn's workers pass them to its logger."""
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": '/api/v1/session-storage/x"y?q=1', "SERVER_PROTOCOL": "HTTP/1.1",
+               "PATH_INFO": '/api/v1/session-storage/x"y', "QUERY_STRING": "q=1", "REMOTE_ADDR": "10.0.0.7",
+               "HTTP_USER_AGENT": 'wrk "bench"', "HTTP_HOST": "h", "wsgi.url_scheme": "http",
+               "sessionsvc.route": "/api/v1/session-storage/<record_id>", "sessionsvc.request_id": "rid-1"}
+    resp = types.SimpleNamespace(status="404 NOT FOUND", sent=91, headers=[
+        ("Content-Type", "application/json"), ("X-Request-ID", "rid-1"), ("x-request-id", 'rid-"2"')])
+    req = types.SimpleNamespace(headers=[("HOST", "h"), ("X-Forwarded-For", "1.2.3.4"), ("x-forwarded-for", "5.6")])
+    elapsed = datetime.timedelta(seconds=1, microseconds=2345)
+    yield resp, req, environ, elapsed
+    yield types.SimpleNamespace(status=200, sent=None, headers=[]), [("HOST", "h")], {"REQUEST_METHOD": "PUT",
+          "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.0"}, datetime.timedelta(microseconds=999)
+
+
+def gunicorn_settings(monkeypatch, tmp_path) -> dict:
+    """What gunicorn.conf.py sets (its metrics directory kept out of this process's environment)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_access_lines_are_the_ones_python_json_logger_writes(gunicorn_logger, monkeypatch, tmp_path):
+    """AccessJsonFormatter builds a plain line itself, from the atoms alone: the same line
+    as python-json-logger's general path."""
+    from gunicorn.glogging import SafeAtoms
+
+    from sessionsvc.logs import AccessJsonFormatter
+
+    settings = gunicorn_settings(monkeypatch, tmp_path)
+    formatter = AccessJsonFormatter()
+    for resp, req, environ, elapsed in access_requests():
+        atoms = SafeAtoms(gunicorn_logger.atoms(resp, req, environ, elapsed))
+        record = logging.LogRecord("gunicorn.access", logging.INFO, None, 0, settings["access_log_format"], (atoms,),
+                                   None)
+        line = formatter.format(record)
+        assert line == OrjsonFormatter.format(formatter, record)
+        assert json.loads(line)["status"] in (404, 200)
 
 
 class Terminal(io.StringIO):
