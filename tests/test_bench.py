@@ -135,6 +135,20 @@ def test_stack_cost_drives_both_sides_under_gunicorn():
     assert finished.stdout.splitlines()[1].split()[0] == "get_id", finished.stdout
 
 
+def test_decompose_measures_every_part_of_a_request(tmp_path):
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    command = [sys.executable, "-m", "bench.decompose", "--no-valgrind", "--driver", "python", "--cases", "get_id,post",
+               "--records", "30", "--seconds", "0.3", "--rounds", "1", "--passes", "1", "--repeat", "1", "--number",
+               "3", "--json", str(tmp_path / "decompose.json")]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads((tmp_path / "decompose.json").read_text())
+    assert set(report["rows_us"]) == {"get_id", "post"}
+    assert report["sides"]["naive"]["post"]["errors"] == 0 and report["sides"]["service"]["get_id"]["errors"] == 0
+    assert "| audit line | " in finished.stdout and "HMGET" in finished.stdout
+
+
 def test_runs_are_merged_by_their_latencies_not_their_percentiles():
     from bench.run import merged_p99
 
