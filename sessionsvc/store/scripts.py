@@ -183,10 +183,10 @@ local function reclaim(batch)
   end
   return #members
 end""",
-    "token_fields": """
+    "sealed_fields": """
 -- A sealed token as record fields, appended to `fields`: 'k' the number of chunks, then
 -- 't', 't1', 't2', ... of at most TOKEN_CHUNK bytes each. -> the number of chunks
-local function token_fields(fields, blob)
+local function sealed_fields(fields, blob)
   local count = math.max(1, math.ceil(#blob / TOKEN_CHUNK))
   fields[#fields + 1] = 'k'
   fields[#fields + 1] = count
@@ -281,7 +281,7 @@ local function save_fields(n, user, blob, preview, expires, save_number, death, 
   else
     fields = {'u', user, 'p', preview, 'e', expires, 's', saved, 'o', save_number, 'g', gen}
   end
-  local count = token_fields(fields, blob)
+  local count = sealed_fields(fields, blob)
   redis.call('HSET', rec_key(n), unpack(fields))
   drop_chunks(n, count, held_chunks)
   redis.call('PEXPIREAT', rec_key(n), ms(death))
@@ -434,11 +434,12 @@ def _names(lua: str) -> set[str]:
     return set(_IDENTIFIER.findall(_LUA_COMMENT_OR_STRING.sub(" ", lua)))
 
 
-assert PIECES["load"].count("'t") == TOKEN_PREFETCH, "load reads TOKEN_PREFETCH chunks"
-
+if PIECES["load"].count("'t") != TOKEN_PREFETCH:
+    raise RuntimeError("the load piece must read TOKEN_PREFETCH chunks")
 # A piece names only pieces defined before it (Lua locals are seen only after their line).
-assert all(list(PIECES).index(used) < list(PIECES).index(name)
-           for name, lua in PIECES.items() for used in _names(lua) & PIECES.keys() if used != name)
+if not all(list(PIECES).index(used) < list(PIECES).index(name)
+           for name, lua in PIECES.items() for used in _names(lua) & PIECES.keys() if used != name):
+    raise RuntimeError("a Lua piece names a piece defined after it")
 
 
 def _closure(names: set[str], defined: set[str] = frozenset()) -> set[str]:
@@ -766,7 +767,7 @@ count_seal(ARGV[4])
 local held = redis.call('HMGET', rec_key(n), 't', 'g', 'k')
 if held[2] ~= gen or sealed_of(n, held[3], held, 1, 1) ~= ARGV[3] then return 0 end
 local fields = {}
-local count = token_fields(fields, ARGV[4])
+local count = sealed_fields(fields, ARGV[4])
 redis.call('HSET', rec_key(n), unpack(fields))
 drop_chunks(n, count, held[3])
 return 1
