@@ -152,7 +152,7 @@ def create_app(config: Config | Mapping[str, str] | None = None, redis_client: A
         max_tokens_per_user=config.max_tokens_per_user,
         user_limit_policy=config.user_limit_policy,
         events_maxlen=config.events_maxlen,
-        observe=metrics.observe_store,
+        observe=turns.observing_waits(metrics.observe_store),
     )
     vault = TokenVault(store, Cipher(keys), layout_check=partial(check_shard_count, client, config.key_prefix,
                                                                 config.shards))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gevent
 import gevent.socket
 
+from sessionsvc import turns
 from sessionsvc.turns import FairTurns
 
 
@@ -52,3 +53,23 @@ def test_a_request_starts_only_after_a_connection_with_input_waiting_has_been_se
         gevent.spawn(busy_connection).join()
         waiting.join(timeout=5)
     assert ran.index("other connection") == 0, f"{ran.index('other connection')} requests were served first"
+
+
+def test_a_request_whose_greenlet_waited_on_redis_since_its_previous_one_starts_at_once(monkeypatch):
+    """A wait on a Redis reply took the greenlet through the event loop: a turn before its
+    next request would only send that request behind every other connection's work."""
+    monkeypatch.setattr(turns, "gevent_patched", lambda: True)
+    app, ran = FairTurns(answer), []
+    redis_call_observed = turns.observing_waits(lambda operation, seconds, kind: None)
+
+    def connection():
+        app({}, None)
+        redis_call_observed("get", 0.001, None)
+        gevent.spawn(ran.append, "other connection")
+        app({}, None)
+        ran.append("next request")
+        app({}, None)  # that one waited on nothing: this one takes its turn
+        ran.append("third request")
+
+    gevent.spawn(connection).join()
+    assert ran == ["next request", "other connection", "third request"]
