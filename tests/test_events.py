@@ -342,3 +342,12 @@ def test_event_streams_past_the_per_process_bound_are_503_until_one_ends(make_ap
     second = client.get(EVENTS, headers=SSE, buffered=False)
     assert second.status_code == 200
     second.close()
+
+
+@pytest.mark.parametrize("cursor", ["s0..", "s0.0.0.0.0", "smxcrqeb9.2..0."])
+def test_a_merged_feeds_cursor_on_a_store_without_shards_is_422_naming_after(client, cursor):
+    post(client)
+    for query in ({"after": cursor}, {"after": cursor, "user_id": "ann"}):
+        response = client.get(EVENTS, query_string=query)
+        assert response.status_code == 422, query
+        assert "after" in response.json["errors"]["query"]

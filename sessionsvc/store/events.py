@@ -4,10 +4,14 @@ each change, in the same step; nothing here writes one except through ``sweep``.
 
 from __future__ import annotations
 
-from .records import Event, EventPage, EventsTrimmed
+import re
+
+from .records import BadCursor, Event, EventPage, EventsTrimmed
 from .runner import ScriptRunner
 from .scripts import EventsReply, SweepReply
 
+# A cursor of one stream: its entry id (ms, a dash, a sequence number).
+STREAM_ID = re.compile(r"([0-9]{1,15})-([0-9]{1,15})")
 # Stream entries a filtered read passes over at most (its `next` then points past them).
 EVENTS_SCAN_BUDGET = 1000
 
@@ -54,6 +58,8 @@ class StoreEvents(ScriptRunner):
         """Events after the cursor `after` (None: from the oldest held), oldest first, at
         most `limit`; with filters, at most EVENTS_SCAN_BUDGET entries are read. Raises
         EventsTrimmed when `after` is older than the oldest event held."""
+        if after and not STREAM_ID.fullmatch(after):
+            raise BadCursor(1)  # a merged feed's cursor, of a store with shards
         reply = self._run("events", after or "", limit, EVENTS_SCAN_BUDGET, user_id or "", event_type or "",
                           retry=True)
         events, next_cursor, _ = events_answer(reply)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .events import events_answer
+from .events import STREAM_ID, events_answer
 from .records import BadCursor, Event, EventPage, EventsTrimmed
 
 # Entries one read of the merged feed asks of all shards together (at least MIN_BATCH each).
@@ -42,7 +42,6 @@ MIN_BATCH = 16
 LAST_SEQUENCE = 2**64 - 1
 
 Place = tuple[int, int]  # (ms, sequence): a stream entry id; (0, 0) is before every entry
-STREAM_ID = re.compile(r"([0-9]{1,15})-([0-9]{1,15})")
 PLACE = re.compile(r"([0-9a-z]{1,11})(?:_([0-9a-z]{1,13}))?")
 
 
