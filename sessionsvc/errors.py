@@ -177,8 +177,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(BadCursor)
     def bad_cursor(error: BadCursor):
-        message = (f"Not a cursor of this store ({error.shards} shard(s)): use a `cursor` or `next` it gave, "
-                   "or a stream time such as 1774515600000-0.")
+        message = "Not an event cursor: use a `cursor` or `next` this store gave, or a time such as 1774515600000-0."
         return error_body(422, MESSAGES[422], {"query": {"after": [message]}}), 422
 
     @app.errorhandler(AlreadyExpired)

@@ -4,14 +4,11 @@ each change, in the same step; nothing here writes one except through ``sweep``.
 
 from __future__ import annotations
 
-import re
-
-from .records import BadCursor, Event, EventPage, EventsTrimmed
+from .cursors import one_stream
+from .records import Event, EventPage, EventsTrimmed
 from .runner import ScriptRunner
 from .scripts import EventsReply, SweepReply
 
-# A cursor of one stream: its entry id (ms, a dash, a sequence number).
-STREAM_ID = re.compile(r"([0-9]{1,15})-([0-9]{1,15})")
 # Stream entries a filtered read passes over at most (its `next` then points past them).
 EVENTS_SCAN_BUDGET = 1000
 
@@ -58,10 +55,8 @@ class StoreEvents(ScriptRunner):
         """Events after the cursor `after` (None: from the oldest held), oldest first, at
         most `limit`; with filters, at most EVENTS_SCAN_BUDGET entries are read. Raises
         EventsTrimmed when `after` is older than the oldest event held."""
-        if after and not STREAM_ID.fullmatch(after):
-            raise BadCursor(1)  # a merged feed's cursor, of a store with shards
-        reply = self._run("events", after or "", limit, EVENTS_SCAN_BUDGET, user_id or "", event_type or "",
-                          retry=True)
+        start = one_stream(after) if after else ""
+        reply = self._run("events", start, limit, EVENTS_SCAN_BUDGET, user_id or "", event_type or "", retry=True)
         events, next_cursor, _ = events_answer(reply)
         return EventPage(events, next_cursor)
 
@@ -70,7 +65,7 @@ class StoreEvents(ScriptRunner):
         (XREAD BLOCK, on a connection of its own for that long: under gevent only this
         greenlet waits). True when there is one to read. (`user_id` routes a sharded
         store's wait; one store has one stream.)"""
-        key = self.events_key
+        key, after = self.events_key, one_stream(after)
         reply = self._attempt(
             "wait_events", lambda: self.client.xread({key: after}, count=1, block=max(1, timeout_ms))
         )

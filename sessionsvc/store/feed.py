@@ -9,9 +9,9 @@ event, whatever order the shards' events were written in:
     s<base>.<place in shard 0>.<place in shard 1>. ... (exactly S places)
 
 ``base`` is a time in ms; a place is empty (before the shard's first event: ``0-0``) or
-``<ms - base>``, followed by ``_<sequence>`` when that is not 0; numbers in base 36. A
-one-store cursor (``<ms>-<sequence>``, a stream entry id) is taken as that place in every
-shard: a time to read from.
+``<ms - base>``, followed by ``_<sequence>`` when that is not 0; numbers in base 36
+(``sessionsvc.store.cursors``). A one-store cursor (``<ms>-<sequence>``, a stream entry
+id) is taken as that place in every shard: a time to read from.
 
 Order. One user's events (one shard) come in exact order. Across shards they come in the
 order of the Redis time their masters gave them, as far as it was known when read: an event
@@ -29,85 +29,19 @@ page can be shorter than `limit` while more events are held; `next` always moves
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-
-from .events import STREAM_ID, events_answer
-from .records import BadCursor, Event, EventPage, EventsTrimmed
+from .cursors import Place, decode, encode, just_before, place_of, stream_id
+from .events import events_answer
+from .records import Event, EventPage, EventsTrimmed
 
 # Entries one read of the merged feed asks of all shards together (at least MIN_BATCH each).
 MERGE_ENTRIES = 4000
 MIN_BATCH = 16
-# The greatest sequence number a stream entry id may have: the place just before X-0.
-LAST_SEQUENCE = 2**64 - 1
-
-Place = tuple[int, int]  # (ms, sequence): a stream entry id; (0, 0) is before every entry
-PLACE = re.compile(r"([0-9a-z]{1,11})(?:_([0-9a-z]{1,13}))?")
-
-
 def shard_batch(shards: int, limit: int) -> int:
     return min(limit, max(MIN_BATCH, MERGE_ENTRIES // shards))
 
 
 def scan_budget(shards: int, limit: int) -> int:
     return max(shard_batch(shards, limit), MERGE_ENTRIES // shards)
-
-
-def _base36(number: int) -> str:
-    digits = ""
-    while True:
-        number, digit = divmod(number, 36)
-        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
-        if not number:
-            return digits
-
-
-def encode(places: Sequence[Place]) -> str:
-    base = min((ms for ms, _ in places if ms), default=0)
-    parts = [
-        "" if place == (0, 0) else _base36(place[0] - base) + (f"_{_base36(place[1])}" if place[1] else "")
-        for place in places
-    ]
-    return f"s{_base36(base)}." + ".".join(parts)
-
-
-def decode(cursor: str, shards: int) -> list[Place]:
-    """The place in each of `shards` streams that `cursor` names. Raises BadCursor."""
-    stream_id = STREAM_ID.fullmatch(cursor)
-    if stream_id:
-        return [(int(stream_id[1]), int(stream_id[2]))] * shards
-    head, _, rest = cursor.partition(".")
-    parts = rest.split(".")
-    if not head.startswith("s") or len(parts) != shards:
-        raise BadCursor(shards)
-    try:
-        base = int(head[1:], 36)
-        places = []
-        for part in parts:
-            if not part:
-                places.append((0, 0))
-                continue
-            match = PLACE.fullmatch(part)
-            if not match:
-                raise ValueError(part)
-            places.append((base + int(match[1], 36), int(match[2] or "0", 36)))
-    except ValueError:
-        raise BadCursor(shards) from None
-    return places
-
-
-def place_of(cursor: str) -> Place:
-    ms, _, sequence = cursor.partition("-")
-    return int(ms), int(sequence)
-
-
-def stream_id(place: Place) -> str:
-    return f"{place[0]}-{place[1]}"
-
-
-def just_before(place: Place) -> Place:
-    ms, sequence = place
-    return (ms, sequence - 1) if sequence else (ms - 1, LAST_SEQUENCE)
 
 
 def _key(place: Place, shard: int) -> tuple[int, int, int]:

@@ -187,8 +187,7 @@ def parse_id(record_id: str) -> int | None:
 
 
 class BadCursor(Exception):
-    """An event cursor that names no place in this store's streams (one of a store with
-    another number of shards)."""
+    """A string that is not an event cursor (the API's validation refuses it first)."""
 
     def __init__(self, shards: int):
         super().__init__("bad cursor")

@@ -24,7 +24,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS as CLUSTER_SLOTS
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from . import feed, operations
+from . import cursors, feed, operations
 from .client import unavailable_kind
 from .maintenance import CENSUS_SAMPLE, RECLAIM_BATCH, SEALED_HEAD_BYTES
 from .operations import BULK_BATCH, TokenStore
@@ -394,9 +394,9 @@ class ShardedStore:
     def _place_in(self, after: str | None, shard: int) -> str | None:
         """A cursor of one shard's stream: `after` itself, or its place in that shard when it
         is a cursor of the merged feed."""
-        if not after or feed.STREAM_ID.fullmatch(after):
+        if not after or cursors.STREAM_ID.fullmatch(after):
             return after
-        return feed.stream_id(feed.decode(after, self.shard_count)[shard])
+        return cursors.stream_id(cursors.decode(after, self.shard_count)[shard])
 
     def sweep(self, holder: str, lease_ms: int, batch: int) -> int | None:
         """Every shard's sweep (each under its own lease): expiries told, or None while
