@@ -4,14 +4,9 @@
 Each shard writes its own stream. The feed reads every shard's next events in one
 pipeline and merges them by Redis time (then shard, then sequence). Its cursor names a
 place in every shard's stream, so that reading on from it neither loses nor repeats an
-event, whatever order the shards' events were written in:
-
-    s<base>.<place in shard 0>.<place in shard 1>. ... (exactly S places)
-
-``base`` is a time in ms; a place is empty (before the shard's first event: ``0-0``) or
-``<ms - base>``, followed by ``_<sequence>`` when that is not 0; numbers in base 36
-(``sessionsvc.store.cursors``). A one-store cursor (``<ms>-<sequence>``, a stream entry
-id) is taken as that place in every shard: a time to read from.
+event, whatever order the shards' events were written in (``sessionsvc.store.cursors``
+writes and reads it). A one-store cursor (a stream entry id) is taken as that place in
+every shard: a time to read from.
 
 Order. One user's events (one shard) come in exact order. Across shards they come in the
 order of the Redis time their masters gave them, as far as it was known when read: an event
@@ -36,6 +31,8 @@ from .records import Event, EventPage, EventsTrimmed
 # Entries one read of the merged feed asks of all shards together (at least MIN_BATCH each).
 MERGE_ENTRIES = 4000
 MIN_BATCH = 16
+
+
 def shard_batch(shards: int, limit: int) -> int:
     return min(limit, max(MIN_BATCH, MERGE_ENTRIES // shards))
 
