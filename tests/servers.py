@@ -1,11 +1,12 @@
 """The service as a real process: gunicorn on a free loopback port (private
-redis-servers come from redis_server.py)."""
+redis-servers come from redis_server.py), and HTTP/1.1 spoken by hand to it."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -89,3 +90,49 @@ class Gunicorn:
         self.process = None
         self.log_file.close()
         return self.log_path.read_text()
+
+
+
+class RawConnection:
+    """One keep-alive connection spoken to by hand: bytes sent as they are (pipelined
+    requests, chunked bodies, requests that are not HTTP), whole responses read back one
+    at a time; bytes of the next responses that came with a read wait for the next call."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffered = b""
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.socket.close()
+
+    def send(self, *parts: bytes) -> None:
+        for part in parts:
+            self.socket.sendall(part)
+
+    def _more(self) -> None:
+        chunk = self.socket.recv(65536)
+        assert chunk, "the server closed the connection"
+        self.buffered += chunk
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """The next response: (status, headers with lower-case names, body)."""
+        while b"\r\n\r\n" not in self.buffered:
+            self._more()
+        head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        length = int(headers.get("content-length", 0))
+        while len(self.buffered) < length:
+            self._more()
+        body, self.buffered = self.buffered[:length], self.buffered[length:]
+        return int(status_line.split()[1]), headers, body
+
+
+def raw_exchange(port: int, *parts: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one request's bytes on a new connection and read its response."""
+    with RawConnection(port) as connection:
+        connection.send(*parts)
+        return connection.response()

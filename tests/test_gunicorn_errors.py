@@ -6,7 +6,6 @@ service supports (sessionsvc/workers.py)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 from werkzeug.http import HTTP_STATUS_CODES
 
 from conftest import API
-from servers import ROOT, Gunicorn
+from servers import ROOT, Gunicorn, raw_exchange
 from sessionsvc.edge import API_CSP
 from sessionsvc.workers import worker_class
 
@@ -54,19 +53,6 @@ def test_gunicorns_master_can_import_the_worker_classes_without_redis_or_the_app
     script = "import sys, sessionsvc.workers; print(sorted({'redis', 'sessionsvc.api'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-
-
-def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send raw bytes, read the answer to the end (these answers close the connection)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, body
 
 
 def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: tuple[int, ...]) -> dict:

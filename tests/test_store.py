@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sessionsvc.store import StoreUnavailable, TokenStore, format_id, parse_id
+from conftest import API, JWT
+from sessionsvc.store import StoreUnavailable, TokenStore, format_id, parse_id, shard_of_user
 from sessionsvc.store.ids import ID_BLOCK, IdBlocks
 
 
@@ -52,3 +53,15 @@ def test_id_blocks_use_every_number_of_a_block_and_fetch_again_after_a_failure_o
     assert [blocks.reserve() for _ in range(ID_BLOCK + 4)] == list(range(1, ID_BLOCK + 5))
     blocks.forget()  # the rest of the second block turned out to be taken
     assert blocks.reserve() == 2 * ID_BLOCK + 1 and outcomes == []
+
+
+def test_bulk_loaded_records_read_back_like_saved_ones(client, vault, shards):
+    users = [f"user{index}" for index in range(5)]
+    numbers = vault.save_many([(user, f"{JWT}.{index}", 4_000_000_000) for index, user in enumerate(users)])
+    if shards == 1:
+        assert list(numbers) == [1, 2, 3, 4, 5]
+    assert [number % shards for number in numbers] == [shard_of_user(user, shards) for user in users]
+    assert client.get(f"{API}/{format_id(numbers[2])}").json["token"] == f"{JWT}.2"
+    listed = client.get(API).json
+    assert listed["pagination"]["total"] == 5
+    assert [item["id"] for item in listed["data"]] == [format_id(number) for number in reversed(numbers)]

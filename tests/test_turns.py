@@ -1,12 +1,18 @@
 """Taking turns under gevent (sessionsvc/turns.py): a request starts only once the worker's
-other ready greenlets have run, so no connection holds a worker. The same property through
-a real gunicorn gevent worker: test_service.py, 200 pipelined requests on one connection."""
+other ready greenlets have run, so no connection holds a worker. Then the same property through a real gunicorn gevent
+worker: 200 pipelined requests on one connection, 1,500 requests from 150 clients."""
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
+
 import gevent
 import gevent.socket
+import pytest
 
+from conftest import API, future, redis_url
+from servers import Gunicorn, RawConnection
 from sessionsvc import turns
 from sessionsvc.turns import FairTurns
 
@@ -73,3 +79,60 @@ def test_a_request_whose_greenlet_waited_on_redis_since_its_previous_one_starts_
 
     gevent.spawn(connection).join()
     assert ran == ["next request", "other connection", "third request"]
+
+
+# --- through a real gunicorn gevent worker ----------------------------------------------------
+
+CANARY = "canary-Zx9q-" + "7" * 30
+
+
+@pytest.fixture
+def gevent_worker(real_redis, tmp_path):
+    instance = Gunicorn(tmp_path / "gunicorn.log", SESSIONSVC_REDIS_URL=redis_url(real_redis),
+                        SESSIONSVC_WORKER_CLASS="gevent").start()
+    yield instance
+    instance.stop()
+
+
+def test_a_busy_gevent_worker_answers_every_request_while_redis_is_healthy(gevent_worker):
+    """Under load a gevent worker has many requests between sending a Redis command and
+    reading its reply (each waits for its turn on the CPU), every one holding a pooled
+    connection: the pool must be sized to the worker's concurrency, or a healthy Redis
+    gives 503 pool_exhausted (with the pool at its old 50: 803 of these 1,500 requests)."""
+    instance = gevent_worker
+    status, _, created = instance.request("POST", API, {"user_id": "busy", "token": CANARY, "expires_at": future()})
+    assert status == 201
+    path = f"{API}/{created['id']}"
+    with ThreadPoolExecutor(max_workers=150) as clients:
+        statuses = list(clients.map(lambda _: instance.request("GET", path)[0], range(1500)))
+    log = instance.stop()
+    assert statuses.count(200) == len(statuses), {status: statuses.count(status) for status in set(statuses)}
+    assert "pool_exhausted" not in log
+
+
+def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_worker(gevent_worker):
+    """200 pipelined health checks on one keep-alive connection are all in the worker's
+    hands at once, and none of them waits on anything: without a turn between them, the
+    worker would serve all 200 before a request on another connection."""
+    instance = gevent_worker
+    port = instance.port
+
+    def request(request_id: str) -> bytes:
+        return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
+
+    with RawConnection(port) as busy, RawConnection(port) as other:
+        for connection, name in ((busy, "busy-warm"), (other, "other-warm")):
+            connection.send(request(name))  # both connections being served
+            connection.response()
+        busy.send(b"".join(request(f"busy-{number}") for number in range(200)))
+        busy.response()  # the worker is busy with them
+        other.send(request("other"))
+        other.response()
+        for _ in range(199):
+            busy.response()
+    log = instance.stop()
+    order = [line["request_id"] for line in map(json.loads, filter(None, log.splitlines()))
+             if line.get("logger") == "gunicorn.access" and line.get("request_id", "").startswith(("busy-", "other"))]
+    assert len(order) == 203, order
+    served_before = order.index("other") - order.index("busy-0")
+    assert served_before < 100, f"{served_before} of the busy connection's requests were served first"

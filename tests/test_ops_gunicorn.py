@@ -1,11 +1,11 @@
-"""The service under gunicorn, on a private redis-server: JSON logs, metrics across
-workers, readiness through a Redis outage."""
+"""Operations through a real gunicorn, on a private redis-server it may stop: JSON logs with
+the request id, metrics added up across workers, readiness through a Redis outage (the same
+rules in process: test_ops.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -123,73 +123,3 @@ def test_readiness_flips_when_redis_stops_and_back_when_it_returns(service, redi
     assert instance.request("GET", "/readyz")[2]["scripts"] == "loaded"
     status, _, _ = instance.request("POST", API, {"user_id": "usr_back", "token": "t" * 30, "expires_at": future()})
     assert status == 201
-
-
-def test_a_busy_gevent_worker_answers_every_request_while_redis_is_healthy(service):
-    """Under load a gevent worker has many requests between sending a Redis command and
-    reading its reply (each waits for its turn on the CPU), every one holding a pooled
-    connection: the pool must be sized to the worker's concurrency, or a healthy Redis
-    gives 503 pool_exhausted (with the pool at its old 50: 803 of these 1,500 requests)."""
-    instance = service(workers=1)
-    status, _, created = instance.request("POST", API, {"user_id": "busy", "token": CANARY, "expires_at": future()})
-    assert status == 201
-    path = f"{API}/{created['id']}"
-    with ThreadPoolExecutor(max_workers=150) as clients:
-        statuses = list(clients.map(lambda _: instance.request("GET", path)[0], range(1500)))
-    log = instance.stop()
-    assert statuses.count(200) == len(statuses), {status: statuses.count(status) for status in set(statuses)}
-    assert "pool_exhausted" not in log
-
-
-class Responses:
-    """Whole HTTP/1.1 responses (each with a Content-Length) read off one connection; bytes
-    of the next responses that came with a read are kept for the next call."""
-
-    def __init__(self, connection: socket.socket):
-        self.connection = connection
-        self.buffered = b""
-
-    def _more(self) -> None:
-        chunk = self.connection.recv(65536)
-        assert chunk, "the server closed the connection"
-        self.buffered += chunk
-
-    def read(self, count: int) -> None:
-        for _ in range(count):
-            while b"\r\n\r\n" not in self.buffered:
-                self._more()
-            head, _, self.buffered = self.buffered.partition(b"\r\n\r\n")
-            length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
-            while len(self.buffered) < length:
-                self._more()
-            self.buffered = self.buffered[length:]
-
-
-def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_worker(service):
-    """200 pipelined health checks on one keep-alive connection are all in the worker's
-    hands at once, and none of them waits on anything: without a turn between them, the
-    worker would serve all 200 before a request on another connection."""
-    instance = service(workers=1)
-    port = instance.port
-
-    def request(request_id: str) -> bytes:
-        return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
-
-    with socket.create_connection(("127.0.0.1", port)) as busy, socket.create_connection(("127.0.0.1", port)) as other:
-        busy_responses, other_responses = Responses(busy), Responses(other)
-        for connection, responses, name in (
-            (busy, busy_responses, "busy-warm"), (other, other_responses, "other-warm"),
-        ):
-            connection.sendall(request(name))  # both connections being served
-            responses.read(1)
-        busy.sendall(b"".join(request(f"busy-{number}") for number in range(200)))
-        busy_responses.read(1)  # the worker is busy with them
-        other.sendall(request("other"))
-        other_responses.read(1)
-        busy_responses.read(199)
-    log = instance.stop()
-    order = [line["request_id"] for line in map(json.loads, filter(None, log.splitlines()))
-             if line.get("logger") == "gunicorn.access" and line.get("request_id", "").startswith(("busy-", "other"))]
-    assert len(order) == 203, order
-    served_before = order.index("other") - order.index("busy-0")
-    assert served_before < 100, f"{served_before} of the busy connection's requests were served first"
