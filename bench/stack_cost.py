@@ -6,11 +6,14 @@ and is sent requests one at a time: after 20 to warm up, the worker's counters a
 `--requests` more are sent, and its counters dumped (`callgrind_control`), so start-up
 never enters the figure. Everything a worker does for a request is in it: gunicorn's
 parsing and access line, the app, redis-py and its socket calls (the kernel's share and
-redis-server are not). Sync, not the production gevent: one request at a time, so the
-count is the request's own, not a share of whatever else the event loop was doing.
+redis-server are not). Sync by default: one request at a time, so the count is the
+request's own, not a share of whatever else the event loop was doing; `--worker gevent`
+counts the production worker class the same way (its event loop, hub switches and
+greenlet per connection included).
 
     python -m bench.stack_cost                       # every endpoint (slow: all under valgrind)
     python -m bench.stack_cost --cases get_id,post   # some of them
+    python -m bench.stack_cost --worker gevent       # under the production worker class
     python -m bench.stack_cost --no-valgrind         # the same requests, nothing counted (smoke test)
 
 valgrind runs its x86 code without the SHA extensions, so SHA-256 (HMAC fingerprints,
@@ -39,13 +42,15 @@ TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
 @contextlib.contextmanager
-def worker(app: str, env: dict[str, str], workdir: Path, counted: bool) -> Iterator[tuple[int, int]]:
-    """gunicorn with one sync worker, under valgrind's callgrind when `counted`; yields
+def worker(app: str, env: dict[str, str], workdir: Path, counted: bool,
+           worker_class: str = "sync") -> Iterator[tuple[int, int]]:
+    """gunicorn with one worker of `worker_class`, under valgrind's callgrind when `counted`; yields
     its port and the worker's pid. The worker timeout is long: under valgrind a worker
     boots slowly and must not be replaced."""
     wrapper = ("valgrind", "--tool=callgrind", "--trace-children=yes",
                f"--callgrind-out-file={workdir}/callgrind.%p") if counted else ()
-    extra = ("-k", "sync", "-w", "1", "--timeout", "900")
+    # gevent: the class gunicorn.conf.py picks (the service's own, SESSIONSVC_WORKER_CLASS)
+    extra = (*(("-k", "sync") if worker_class == "sync" else ()), "-w", "1", "--timeout", "900")
     with gunicorn(app, env, workdir, "stack", extra, wrapper, boot_seconds=300) as server:
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
         yield int(server.url.rsplit(":", 1)[1]), int(children[0])
@@ -79,9 +84,9 @@ def control(pid: int, option: str, port: int, workdir: Path) -> None:
 
 
 def count(app: str, env: dict[str, str], mode: str, requests: int, workdir: Path, expires: str,
-          counted: bool) -> int:
+          counted: bool, worker_class: str = "sync") -> int:
     """Instructions the worker spent on `requests` requests, after a warm-up of 20."""
-    with worker(app, env, workdir, counted) as (port, pid):
+    with worker(app, env, workdir, counted, worker_class) as (port, pid):
         send(port, mode, WARMUP, expires, "warm-up")
         if counted:
             control(pid, "-z", port, workdir)
@@ -99,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(ENDPOINTS))
     parser.add_argument("--requests", type=int, default=300, help="requests counted per side and endpoint")
+    parser.add_argument("--worker", default="sync", choices=("sync", "gevent"), help="gunicorn worker class")
     parser.add_argument("--no-valgrind", dest="counted", action="store_false", help="send the requests only")
     args = parser.parse_args()
     print(f"{'endpoint':10} {'service':>10} {'baseline':>10} {'ratio':>6}   (instructions per request, whole stack)")
@@ -112,7 +118,7 @@ def main() -> None:
         for mode in args.cases.split(","):
             per_request = {}
             for side, (app, env) in sides.items():
-                spent = count(app, env, mode, args.requests, workdir, bench.expires, args.counted)
+                spent = count(app, env, mode, args.requests, workdir, bench.expires, args.counted, args.worker)
                 per_request[side] = spent // args.requests
             ratio = per_request["service"] / per_request["baseline"] if per_request["baseline"] else 0.0
             print(f"{mode:10} {per_request['service']:10,} {per_request['baseline']:10,} {ratio:6.2f}", flush=True)

@@ -219,7 +219,7 @@ MARKED_MODULES = {
     "topology": {"test_cluster", "test_sentinel", "test_scale_out"},  # clusters, Sentinels, many instances
     "faults": {"test_faults", "test_outage", "test_store_races", "test_expiry"},  # killed servers, real seconds
     "slow": {  # real gunicorns, fuzzing, property-based runs, benchmark smoke runs
-        "test_schemathesis", "test_model", "test_bench", "test_ops_gunicorn", "test_gunicorn_errors",
+        "test_schemathesis", "test_model", "test_bench", "test_ops_gunicorn", "test_workers",
         "test_input_rules_gunicorn", "test_deploy", "test_turns", "test_consistency", "test_cli",
         "test_event_stream_gunicorn", "test_sweeper",
     },
