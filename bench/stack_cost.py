@@ -9,7 +9,8 @@ parsing and access line, the app, redis-py and its socket calls (the kernel's sh
 redis-server are not). Sync by default: one request at a time, so the count is the
 request's own, not a share of whatever else the event loop was doing; `--worker gevent`
 counts the production worker class the same way (its event loop, hub switches and
-greenlet per connection included).
+greenlet per connection included); what its scheduling does to latency under load shows
+only in `make bench`.
 
     python -m bench.stack_cost                       # every endpoint (slow: all under valgrind)
     python -m bench.stack_cost --cases get_id,post   # some of them

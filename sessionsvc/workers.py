@@ -7,22 +7,12 @@ the headers every other response carries, which a client generated from the Open
 document cannot parse. Here ``handle_error`` keeps gunicorn's choice of status and its
 logging, and writes ``{code, status, message}`` with the usual headers instead.
 
-The gevent worker patches the standard library as gunicorn's does, all but
-``select.poll``: before each command redis-py asks whether a pooled connection has
-anything left to read, with a zero-timeout ``select.poll`` (``ConnectionPool.get_connection``).
-gevent's poll answers that by starting io watchers and running the event loop once, a
-pass of the loop per Redis command; the OS's answers at once and, with a zero timeout, never
-blocks. Nothing in the worker polls with a timeout (requests wait on sockets, which stay
-gevent's). gevent's own plugin events say what not to patch (``keep_os_poll``).
-
 Imported by gunicorn's master (``gunicorn.conf.py`` names these classes): nothing here may
 import redis or the app at import time, since a gevent worker must patch sockets first.
 """
 
 from __future__ import annotations
 
-import zope.event
-from gevent.events import GeventWillPatchModuleEvent
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as GunicornGeventWorker
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
@@ -103,21 +93,8 @@ class JsonErrors:
         return (head + "\r\n").encode("latin-1") + body
 
 
-def keep_os_poll(event: object) -> None:
-    """A gevent will-patch subscriber: ``select`` is patched without ``poll`` (its list of
-    names may be changed in place, gevent's events say)."""
-    if isinstance(event, GeventWillPatchModuleEvent) and event.module_name == "select":
-        if "poll" in event.target_item_names:
-            event.target_item_names.remove("poll")
-
-
 class GeventWorker(JsonErrors, GunicornGeventWorker):
-    """gunicorn's gevent worker (the service's default), keeping the OS's ``select.poll``."""
-
-    def patch(self) -> None:
-        if keep_os_poll not in zope.event.subscribers:
-            zope.event.subscribers.append(keep_os_poll)
-        super().patch()
+    """gunicorn's gevent worker (the service's default)."""
 
 
 class ThreadWorker(JsonErrors, GunicornThreadWorker):

@@ -1,8 +1,7 @@
 """The service's gunicorn worker classes (sessionsvc/workers.py). Requests gunicorn refuses
 before the app sees them (a request line or headers over its limits, a request that is not
 HTTP) are answered like every other error: the service's JSON error shape with the headers
-every response carries, through each worker class. The gevent worker patches what
-gunicorn's does, all but ``select.poll``."""
+every response carries, through each worker class."""
 
 from __future__ import annotations
 
@@ -54,24 +53,6 @@ def test_gunicorns_master_can_import_the_worker_classes_without_redis_or_the_app
     script = "import sys, sessionsvc.workers; print(sorted({'redis', 'sessionsvc.api'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-
-
-def test_the_gevent_worker_patches_sockets_and_select_but_keeps_the_os_poll():
-    """What the worker's patching leaves, in a fresh process (patching is for the process):
-    redis-py's zero-timeout readiness poll before each command is the OS's; sockets and
-    select.select are gevent's. Fails if gevent stops honouring its will-patch events."""
-    script = (
-        "import select, socket\n"
-        "os_poll = select.poll\n"
-        "from sessionsvc.workers import GeventWorker\n"
-        "worker = GeventWorker.__new__(GeventWorker)\n"
-        "worker.sockets = []\n"
-        "worker.patch()\n"
-        "import gevent.select, gevent.socket\n"
-        "print(select.poll is os_poll, select.select is gevent.select.select, socket.socket is gevent.socket.socket)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["True", "True", "True"]
 
 
 def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: tuple[int, ...]) -> dict:
