@@ -1,6 +1,7 @@
 """Taking turns under gevent (sessionsvc/turns.py): a request starts only once the worker's
-other ready greenlets have run, so no connection holds a worker. Then the same property through a real gunicorn gevent
-worker: 200 pipelined requests on one connection, 1,500 requests from 150 clients."""
+other ready greenlets have run, so no connection holds a worker. Then the same through a
+real gunicorn gevent worker: 200 pipelined requests on one connection, 1,500 requests
+from 150 clients."""
 
 from __future__ import annotations
 
@@ -99,13 +100,13 @@ def test_a_busy_gevent_worker_answers_every_request_while_redis_is_healthy(geven
     reading its reply (each waits for its turn on the CPU), every one holding a pooled
     connection: the pool must be sized to the worker's concurrency, or a healthy Redis
     gives 503 pool_exhausted (with the pool at its old 50: 803 of these 1,500 requests)."""
-    instance = gevent_worker
-    status, _, created = instance.request("POST", API, {"user_id": "busy", "token": CANARY, "expires_at": future()})
+    body = {"user_id": "busy", "token": CANARY, "expires_at": future()}
+    status, _, created = gevent_worker.request("POST", API, body)
     assert status == 201
     path = f"{API}/{created['id']}"
     with ThreadPoolExecutor(max_workers=150) as clients:
-        statuses = list(clients.map(lambda _: instance.request("GET", path)[0], range(1500)))
-    log = instance.stop()
+        statuses = list(clients.map(lambda _: gevent_worker.request("GET", path)[0], range(1500)))
+    log = gevent_worker.stop()
     assert statuses.count(200) == len(statuses), {status: statuses.count(status) for status in set(statuses)}
     assert "pool_exhausted" not in log
 
@@ -114,8 +115,7 @@ def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_
     """200 pipelined health checks on one keep-alive connection are all in the worker's
     hands at once, and none of them waits on anything: without a turn between them, the
     worker would serve all 200 before a request on another connection."""
-    instance = gevent_worker
-    port = instance.port
+    port = gevent_worker.port
 
     def request(request_id: str) -> bytes:
         return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
@@ -130,7 +130,7 @@ def test_a_client_with_requests_queued_on_its_connection_does_not_hold_a_gevent_
         other.response()
         for _ in range(199):
             busy.response()
-    log = instance.stop()
+    log = gevent_worker.stop()
     order = [line["request_id"] for line in map(json.loads, filter(None, log.splitlines()))
              if line.get("logger") == "gunicorn.access" and line.get("request_id", "").startswith(("busy-", "other"))]
     assert len(order) == 203, order
