@@ -23,7 +23,7 @@ test: $(STAMP)
 
 # The fast core, the quick check while developing: no browser, topology, fault-injection or slow tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not browser and not topology and not faults and not slow"
+	$(BIN)/python -m pytest -m "not browser and not topology and not faults and not slow" -n auto
 
 # Service vs its ceiling on a private redis-server (needs wrk); see docs/benchmarks.md.
 bench: $(STAMP)
