@@ -50,8 +50,9 @@ def worker(app: str, env: dict[str, str], workdir: Path, counted: bool,
     boots slowly and must not be replaced."""
     wrapper = ("valgrind", "--tool=callgrind", "--trace-children=yes",
                f"--callgrind-out-file={workdir}/callgrind.%p") if counted else ()
-    # gevent: the class gunicorn.conf.py picks (the service's own, SESSIONSVC_WORKER_CLASS)
-    extra = (*(("-k", "sync") if worker_class == "sync" else ()), "-w", "1", "--timeout", "900")
+    # sync is forced; gevent is the class gunicorn.conf.py picks (the service's own)
+    forced = ("-k", "sync") if worker_class == "sync" else ()
+    extra = (*forced, "-w", "1", "--timeout", "900")
     with gunicorn(app, env, workdir, "stack", extra, wrapper, boot_seconds=300) as server:
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
         yield int(server.url.rsplit(":", 1)[1]), int(children[0])

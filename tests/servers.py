@@ -92,7 +92,6 @@ class Gunicorn:
         return self.log_path.read_text()
 
 
-
 class RawConnection:
     """One keep-alive connection spoken to by hand: bytes sent as they are (pipelined
     requests, chunked bodies, requests that are not HTTP), whole responses read back one
@@ -129,6 +128,13 @@ class RawConnection:
             self._more()
         body, self.buffered = self.buffered[:length], self.buffered[length:]
         return int(status_line.split()[1]), headers, body
+
+    def rest(self) -> bytes:
+        """Everything the server sends until it closes the connection."""
+        while chunk := self.socket.recv(65536):
+            self.buffered += chunk
+        rest, self.buffered = self.buffered, b""
+        return rest
 
 
 def raw_exchange(port: int, *parts: bytes) -> tuple[int, dict[str, str], bytes]:

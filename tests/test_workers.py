@@ -13,7 +13,7 @@ import pytest
 from werkzeug.http import HTTP_STATUS_CODES
 
 from conftest import API
-from servers import ROOT, Gunicorn, raw_exchange
+from servers import ROOT, Gunicorn, RawConnection
 from sessionsvc.edge import API_CSP
 from sessionsvc.workers import worker_class
 
@@ -55,6 +55,16 @@ def test_gunicorns_master_can_import_the_worker_classes_without_redis_or_the_app
     assert result.stdout.strip() == "[]"
 
 
+def refusal(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """gunicorn's answer to a request it refuses, read to the end: nothing follows its body
+    before the connection closes."""
+    with RawConnection(port) as connection:
+        connection.send(request)
+        answer = connection.response()
+        assert connection.rest() == b"", "bytes after the body of a refusal"
+        return answer
+
+
 def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: tuple[int, ...]) -> dict:
     assert status in expected, (status, body[:300])
     assert headers["content-type"] == "application/json"
@@ -75,13 +85,13 @@ def assert_json_error(status: int, headers: dict[str, str], body: bytes, expecte
 def test_a_request_line_over_the_limit_is_a_json_414(server):
     user_id = CANARY + "u" * (4100 - len(CANARY))
     request = f"GET {API}?user_id={user_id} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
-    assert_json_error(*raw_exchange(server.port, request), expected=(414,))
+    assert_json_error(*refusal(server.port, request), expected=(414,))
     assert server.request("GET", "/healthz")[0] == 200
 
 
 def test_a_header_over_the_limit_is_a_json_431(server):
     request = f"GET {API} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CANARY}{'x' * 9000}\r\n\r\n".encode()
-    assert_json_error(*raw_exchange(server.port, request), expected=(431, 400))
+    assert_json_error(*refusal(server.port, request), expected=(431, 400))
     assert server.request("GET", "/healthz")[0] == 200
 
 
@@ -91,7 +101,7 @@ def test_a_header_over_the_limit_is_a_json_431(server):
     ids=["no-target", "bad-version"],
 )
 def test_a_request_that_is_not_http_is_a_json_400(server, request_line):
-    assert_json_error(*raw_exchange(server.port, request_line), expected=(400,))
+    assert_json_error(*refusal(server.port, request_line), expected=(400,))
     assert server.request("GET", "/healthz")[0] == 200
 
 
@@ -101,7 +111,7 @@ def test_no_refused_request_puts_its_text_in_the_log(server):
         f"GET /?user_id={CANARY}{'u' * 4100} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),
         f"GET {API} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CANARY}{'x' * 9000}\r\n\r\n".encode(),
     ):
-        raw_exchange(server.port, request)
+        refusal(server.port, request)
     assert server.request("GET", "/healthz")[0] == 200
     log = server.log_path.read_text()
     assert "refused by gunicorn (request text not logged)" in log
