@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from urllib.parse import quote_plus
 
 from flask import Response, after_this_request, current_app, g, request
@@ -76,16 +75,12 @@ blp = ServiceBlueprint(
 audit_log = logging.getLogger("sessionsvc.audit")
 
 
-def may_answer(*error_codes: int) -> Callable:
-    """flask-smorest's `alt_response` for each error an operation can answer (and those
-    every operation can), each a reference to its response component in the one error shape."""
-
-    def decorate(view: Callable) -> Callable:
-        for code in sorted({*error_codes, *COMMON_ERRORS}):
-            view = blp.alt_response(code, response=ERROR_RESPONSES[code][0])(view)
-        return view
-
-    return decorate
+def answers(*error_codes: int) -> dict[int, str]:
+    """For an operation's `@blp.doc(responses=...)`: a reference to the error response of each
+    code it can answer (and of those every operation can), each in the one error shape. One
+    `doc` layer documents them all; an `alt_response` per code would add a wrapper call to
+    every request."""
+    return {code: ERROR_RESPONSES[code][0] for code in sorted({*error_codes, *COMMON_ERRORS})}
 
 
 class RecordIdConverter(BaseConverter):
@@ -143,8 +138,7 @@ def page_links(page: int, limit: int, total: int, user_id: str | None) -> str:
 class TokenCollection(MethodView):
     @blp.arguments(PageQuery(), location="query", as_kwargs=True)
     @blp.response(200, TokenPage, example=EXAMPLES["list"], headers=LINK_HEADER)
-    @blp.doc(operationId="listTokens")
-    @may_answer(422)
+    @blp.doc(operationId="listTokens", responses=answers(422))
     def get(self, page: int, limit: int, user_id: str | None = None):
         """List stored tokens, most recently saved first (previews only)."""
         total, records = vault().page(page, limit, user_id)
@@ -154,8 +148,7 @@ class TokenCollection(MethodView):
     @blp.arguments(TokenCreate(), example=EXAMPLES["create"])
     @blp.arguments(IdempotencyHeader(), location="headers", as_kwargs=True)
     @blp.response(201, TokenCreated, example=EXAMPLES["created"], headers=CREATED_HEADERS)
-    @blp.doc(operationId="createToken", responses={201: {"links": CREATED_LINKS}})
-    @may_answer(*BODY_ERRORS)
+    @blp.doc(operationId="createToken", responses={**answers(*BODY_ERRORS), 201: {"links": CREATED_LINKS}})
     def post(self, body: dict, idempotency_key: str | None = None):
         """Store a token for a user (safe to retry with an Idempotency-Key)."""
         record = vault().save(
@@ -168,8 +161,7 @@ class TokenCollection(MethodView):
 
     @blp.arguments(ClearQuery(), location="query", as_kwargs=True)
     @blp.response(200, Cleared, example=EXAMPLES["cleared"])
-    @blp.doc(operationId="clearTokens")
-    @may_answer(404, 422)
+    @blp.doc(operationId="clearTokens", responses=answers(404, 422))
     def delete(self, user_id: str | None = None, keep: str | None = None):
         """Clear every stored token, one user's, or all of one user's but one (sign out everywhere else)."""
         count = vault().clear(user_id, keep)
@@ -181,8 +173,7 @@ class TokenCollection(MethodView):
 class CurrentTokenView(MethodView):
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, CurrentToken, example=EXAMPLES["current"])
-    @blp.doc(operationId="getCurrentToken")
-    @may_answer(404, 422)
+    @blp.doc(operationId="getCurrentToken", responses=answers(404, 422))
     def get(self, user_id: str | None = None):
         """The most recently saved token still held (optionally for one user)."""
         revealed = vault().current(user_id)
@@ -196,8 +187,7 @@ class CurrentTokenView(MethodView):
 class ValidityView(MethodView):
     @blp.arguments(UserQuery(), location="query", as_kwargs=True)
     @blp.response(200, Validity, example=EXAMPLES["validity"])
-    @blp.doc(operationId="getTokenValidity")
-    @may_answer(422)
+    @blp.doc(operationId="getTokenValidity", responses=answers(422))
     def get(self, user_id: str | None = None):
         """Whether the current token is still valid, and for how long."""
         record = vault().validity(user_id)
@@ -209,8 +199,8 @@ class EventsView(MethodView):
     @blp.arguments(EventQuery(), location="query", as_kwargs=True)
     @blp.arguments(LastEventIdHeader(), location="headers", as_kwargs=True)
     @blp.response(200, SessionEventPage, example=EXAMPLES["events"])
-    @blp.doc(operationId="listEvents", responses={200: {"content": {EVENT_STREAM: EVENT_STREAM_CONTENT}}})
-    @may_answer(410, 422)
+    @blp.doc(operationId="listEvents",
+             responses={**answers(410, 422), 200: {"content": {EVENT_STREAM: EVENT_STREAM_CONTENT}}})
     def get(self, limit: int, after: str | None = None, user_id: str | None = None, event_type: str | None = None,
             last_event_id: str | None = None):
         """What happened to stored tokens, oldest first; Server-Sent Events with Accept: text/event-stream.
@@ -242,8 +232,7 @@ class EventsView(MethodView):
 @blp.route("/<record_id:record_id>")
 class TokenItem(MethodView):
     @blp.response(200, TokenDetail, example=EXAMPLES["detail"], headers=ETAG_HEADER)
-    @blp.doc(operationId="getToken", responses={200: {"links": FETCHED_LINKS}})
-    @may_answer(404)
+    @blp.doc(operationId="getToken", responses={**answers(404), 200: {"links": FETCHED_LINKS}})
     def get(self, record_id: str):
         """One stored token, in full."""
         revealed = vault().reveal(record_id)
@@ -253,16 +242,14 @@ class TokenItem(MethodView):
     @blp.arguments(TokenRefresh(), example=EXAMPLES["refresh"])
     @blp.arguments(IfMatchHeader(), location="headers", as_kwargs=True)
     @blp.response(200, TokenSummary, example=EXAMPLES["refreshed"], headers=ETAG_HEADER)
-    @blp.doc(operationId="refreshToken")
-    @may_answer(*BODY_ERRORS, 404, 412)
+    @blp.doc(operationId="refreshToken", responses=answers(*BODY_ERRORS, 404, 412))
     def put(self, body: dict, record_id: str, if_match: tuple[int, ...] | None = None):
         """Replace a record's token and expiry (refresh); If-Match guards against lost updates."""
         record = vault().refresh(record_id, body["token"], body["expires_at"], if_match)
         return record, {"ETag": etag(record)}
 
     @blp.response(200, Deleted, example=EXAMPLES["deleted"])
-    @blp.doc(operationId="deleteToken")
-    @may_answer(404)
+    @blp.doc(operationId="deleteToken", responses=answers(404))
     def delete(self, record_id: str):
         """Delete one stored token."""
         vault().delete(record_id)
