@@ -48,6 +48,19 @@ def future(seconds: int = 3600) -> str:
     return iso(time.time() + seconds)
 
 
+def post_token(client, user_id: str = "ann", token: str = JWT, expires_in: int = 3600, **headers):
+    """POST a token for `user_id`, expiring in `expires_in` seconds; the response, unchecked."""
+    return client.post(API, json={"user_id": user_id, "token": token, "expires_at": future(expires_in)},
+                       headers=headers)
+
+
+def saved_id(client, user_id: str = "ann", token: str = JWT, expires_in: int = 3600, **headers) -> str:
+    """`post_token`, asserting the 201; the new record's id."""
+    response = post_token(client, user_id, token, expires_in, **headers)
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
 @pytest.fixture(autouse=True)
 def sweepers_stop_with_their_test(monkeypatch) -> Iterator[list[ExpirySweeper]]:
     """Every expiry sweeper an app starts during a test stops when the test ends, so that
@@ -216,12 +229,13 @@ def save(client):
 # tests/README.md) while `make test` runs everything.
 MARKED_MODULES = {
     "browser": {"test_docs_browser"},  # headless Chromium
-    "topology": {"test_cluster", "test_sentinel", "test_scale_out"},  # clusters, Sentinels, many instances
+    # clusters, Sentinels, many instances
+    "topology": {"test_cluster", "test_sentinel", "test_scale_out", "test_sharding_topology"},
     "faults": {"test_faults", "test_outage", "test_store_races", "test_expiry"},  # killed servers, real seconds
     "slow": {  # real gunicorns, fuzzing, property-based runs, benchmark smoke runs
         "test_schemathesis", "test_model", "test_bench", "test_ops_gunicorn", "test_workers",
         "test_input_rules_gunicorn", "test_deploy", "test_turns", "test_consistency", "test_cli",
-        "test_event_stream_gunicorn", "test_sweeper",
+        "test_event_stream_gunicorn", "test_sweeper", "test_bench_sharding",
     },
 }
 

@@ -9,10 +9,8 @@ import time
 
 import pytest
 
-from conftest import API, future, redis_url
+from conftest import API, JWT, future, redis_url
 from servers import Gunicorn
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 def open_stream(port: int, **headers: str) -> http.client.HTTPResponse:

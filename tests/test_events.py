@@ -9,23 +9,15 @@ import time
 
 import pytest
 
-from conftest import API, TEST_KEYS, future, iso
+from conftest import API, JWT, TEST_KEYS, future, iso, saved_id
 from events_check import disagreements, stream
 from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.store.events import EVENTS_SCAN_BUDGET
 from sessionsvc.sweeper import ExpirySweeper
 
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 EVENTS = f"{API}/events"
 SSE = {"Accept": "text/event-stream"}
-
-
-def post(client, user: str = "ann", token: str = JWT, expires_in: int = 3600, **headers):
-    response = client.post(API, json={"user_id": user, "token": token, "expires_at": future(expires_in)},
-                           headers=headers)
-    assert response.status_code == 201, response.json
-    return response.json["id"]
 
 
 def read(client, **query) -> dict:
@@ -38,11 +30,11 @@ def read(client, **query) -> dict:
 
 
 def test_every_change_appends_one_event_with_its_fields_and_never_the_token(client, raw):
-    kept = post(client, token=JWT + ".first-token")
-    dropped = post(client, user="bob")
+    kept = saved_id(client, token=JWT + ".first-token")
+    dropped = saved_id(client, user_id="bob")
     client.put(f"{API}/{kept}", json={"token": JWT + ".second-token", "expires_at": future(7200)})
     client.delete(f"{API}/{dropped}")
-    post(client, user="bob")
+    saved_id(client, user_id="bob")
     client.delete(API, query_string={"user_id": "bob"})
     client.delete(API)
     page = read(client)
@@ -66,8 +58,8 @@ def test_every_change_appends_one_event_with_its_fields_and_never_the_token(clie
 
 
 def test_an_idempotent_replay_and_every_refusal_write_no_event(client, make_app):
-    record_id = post(client, **{"Idempotency-Key": "once"})
-    post(client, **{"Idempotency-Key": "once"})  # replayed: nothing changed
+    record_id = saved_id(client, **{"Idempotency-Key": "once"})
+    saved_id(client, **{"Idempotency-Key": "once"})  # replayed: nothing changed
     client.delete(f"{API}/store_999")
     client.put(f"{API}/store_999", json={"token": JWT, "expires_at": future()})
     client.put(f"{API}/{record_id}", json={"token": JWT, "expires_at": future()}, headers={"If-Match": '"999"'})
@@ -80,24 +72,24 @@ def test_an_idempotent_replay_and_every_refusal_write_no_event(client, make_app)
 def produce(kind: str, client, app) -> None:
     if kind == "created":
         for index in range(30):
-            post(client, user=f"u{index % 3}")
+            saved_id(client, user_id=f"u{index % 3}")
     elif kind == "refreshed":
-        ids = [post(client, user=f"u{index}") for index in range(3)]
+        ids = [saved_id(client, user_id=f"u{index}") for index in range(3)]
         for round_number in range(10):
             for record_id in ids:
                 client.put(f"{API}/{record_id}", json={"token": f"{JWT}.{round_number}", "expires_at": future()})
     elif kind == "deleted":
-        for record_id in [post(client, user=f"u{index % 3}") for index in range(20)]:
+        for record_id in [saved_id(client, user_id=f"u{index % 3}") for index in range(20)]:
             client.delete(f"{API}/{record_id}")
     elif kind == "cleared":
         for _ in range(5):
-            ids = [post(client, user=f"u{index % 2}") for index in range(4)]
+            ids = [saved_id(client, user_id=f"u{index % 2}") for index in range(4)]
             client.delete(API, query_string={"user_id": "u0", "keep": ids[0]})
             client.delete(API, query_string={"user_id": "u1"})
             client.delete(API)
     elif kind == "evicted":
         for index in range(30):
-            post(client, user=f"u{index % 2}")
+            saved_id(client, user_id=f"u{index % 2}")
     elif kind == "expired":
         expires = int(time.time()) + 1
         for index in range(20):
@@ -147,7 +139,7 @@ def test_resuming_from_next_after_a_gap_loses_nothing_and_repeats_nothing(client
     seen: list[dict] = []
     cursor = None
     for round_number in range(6):
-        written += [post(client, user=f"u{index}") for index in range(round_number * 5, round_number * 5 + 7)]
+        written += [saved_id(client, user_id=f"u{index}") for index in range(round_number * 5, round_number * 5 + 7)]
         query = {"limit": 4} if cursor is None else {"limit": 4, "after": cursor}
         page = read(client, **query)
         seen += page["data"]
@@ -166,7 +158,7 @@ def test_resuming_from_next_after_a_gap_loses_nothing_and_repeats_nothing(client
 def test_a_cursor_older_than_the_stream_holds_is_410_naming_the_oldest_cursor_held(make_app):
     app = make_app(events_maxlen=10)
     client = app.test_client()
-    post(client)
+    saved_id(client)
     first = read(client)["data"][0]["cursor"]
     assert read(client, after=first)["data"] == []
     app.extensions["sessionsvc"].save_many([(f"u{index}", JWT, int(time.time()) + 3600) for index in range(400)])
@@ -183,14 +175,14 @@ def test_a_cursor_older_than_the_stream_holds_is_410_naming_the_oldest_cursor_he
 
 
 def test_a_cursor_from_before_any_trimming_is_not_refused(client):
-    post(client)
+    saved_id(client)
     assert [event["type"] for event in read(client, after="0-0")["data"]] == ["created"]
     assert read(client, after="99999999999999-0") == {"data": [], "next": "99999999999999-0"}
 
 
 def test_filters_match_by_user_and_type_and_whole_store_clears_reach_every_user(client):
-    ann = post(client)
-    post(client, user="bob")
+    ann = saved_id(client)
+    saved_id(client, user_id="bob")
     client.put(f"{API}/{ann}", json={"token": JWT, "expires_at": future()})
     client.delete(API)
     assert [event["type"] for event in read(client, user_id="ann")["data"]] == ["created", "refreshed", "cleared"]
@@ -201,7 +193,7 @@ def test_filters_match_by_user_and_type_and_whole_store_clears_reach_every_user(
 
 def test_a_filtered_read_scans_a_bounded_number_of_entries_and_next_points_past_them(client, vault):
     vault.save_many([("crowd", JWT, int(time.time()) + 3600)] * (EVENTS_SCAN_BUDGET + 5))
-    needle = post(client, user="needle")
+    needle = saved_id(client, user_id="needle")
     first = read(client, user_id="needle")
     assert first["data"] == []
     second = read(client, user_id="needle", after=first["next"])
@@ -230,7 +222,7 @@ def test_bad_event_queries_are_422_naming_the_field(client, query, headers, fiel
 
 
 def test_events_is_a_literal_segment_not_a_record_id(client):
-    post(client)
+    saved_id(client)
     assert client.get(EVENTS).status_code == 200
     for method in ("put", "delete", "post"):
         assert getattr(client, method)(EVENTS).status_code == 405
@@ -276,8 +268,8 @@ def fields_of(frame: str) -> dict[str, str]:
 
 def test_event_stream_sends_held_events_then_new_ones_with_heartbeats_and_ends_in_bounded_time(make_app):
     client = make_app(events_stream_seconds=2, events_heartbeat_seconds=0.3).test_client()
-    first = post(client)
-    threading.Timer(0.6, lambda: post(client, user="late")).start()
+    first = saved_id(client)
+    threading.Timer(0.6, lambda: saved_id(client, user_id="late")).start()
     started = time.monotonic()
     response = client.get(EVENTS, headers=SSE, buffered=False)
     assert response.status_code == 200
@@ -295,7 +287,7 @@ def test_event_stream_sends_held_events_then_new_ones_with_heartbeats_and_ends_i
 
 def test_event_stream_resumes_after_last_event_id_which_wins_over_after(make_app):
     client = make_app(events_stream_seconds=1).test_client()
-    ids = [post(client, user=f"u{index}") for index in range(3)]
+    ids = [saved_id(client, user_id=f"u{index}") for index in range(3)]
     cursors = [event["cursor"] for event in read(client)["data"]]
     response = client.get(EVENTS, query_string={"after": cursors[0]},
                           headers={**SSE, "Last-Event-ID": cursors[1]}, buffered=False)
@@ -306,8 +298,8 @@ def test_event_stream_resumes_after_last_event_id_which_wins_over_after(make_app
 
 def test_a_filtered_event_stream_moves_the_resume_point_past_what_it_passed_over(make_app):
     client = make_app(events_stream_seconds=1).test_client()
-    post(client, user="bob")
-    post(client, user="bob")
+    saved_id(client, user_id="bob")
+    saved_id(client, user_id="bob")
     last = read(client)["next"]
     response = client.get(EVENTS, query_string={"user_id": "ann"}, headers=SSE, buffered=False)
     received = frames(response, time.monotonic() + 10)
@@ -317,7 +309,7 @@ def test_a_filtered_event_stream_moves_the_resume_point_past_what_it_passed_over
 
 def test_an_event_stream_stops_when_the_client_goes(make_app):
     client = make_app(events_stream_seconds=60, events_heartbeat_seconds=0.2).test_client()
-    post(client)
+    saved_id(client)
     response = client.get(EVENTS, headers=SSE, buffered=False)
     iterator = iter(response.response)
     next(iterator)
@@ -332,7 +324,7 @@ def test_event_streams_past_the_per_process_bound_are_503_until_one_ends(make_ap
     """Each waiting stream holds a Redis connection of the pool: the bound keeps the pool
     for requests."""
     client = make_app(events_max_streams=1, events_stream_seconds=30).test_client()
-    post(client)
+    saved_id(client)
     first = client.get(EVENTS, headers=SSE, buffered=False)
     assert first.status_code == 200
     refused = client.get(EVENTS, headers=SSE)
@@ -347,7 +339,7 @@ def test_event_streams_past_the_per_process_bound_are_503_until_one_ends(make_ap
 def test_a_merged_feeds_cursor_on_a_store_without_shards_reads_from_the_earliest_place_it_names(client):
     """A cursor of a sharded store's whole feed (another store's): nothing after its
     earliest place is skipped; a place before every event reads them all."""
-    post(client)
+    saved_id(client)
     events = read(client)["data"]
     ms, _, sequence = events[0]["cursor"].partition("-")
     base = int(ms) - 5

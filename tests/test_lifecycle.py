@@ -8,16 +8,10 @@ import time
 
 import pytest
 
-from conftest import API, TEST_KEYS, future, iso, redis_url
+from conftest import API, JWT, TEST_KEYS, future, iso, post_token, redis_url
 from events_check import disagreements, stream
 from sessionsvc import create_app
 from sessionsvc.config import Config, ConfigError
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
-
-
-def post(client, user: str = "ann", token: str = JWT, expires_in: int = 3600, **headers):
-    return client.post(API, json={"user_id": user, "token": token, "expires_at": future(expires_in)}, headers=headers)
 
 
 def held_ids(client, user: str = "ann") -> list[str]:
@@ -33,10 +27,10 @@ def events(client, **query) -> list[dict]:
 
 def test_over_the_limit_a_save_evicts_the_least_recently_saved_records(make_app, raw):
     client = make_app(max_tokens_per_user=3).test_client()
-    first, second, third = (post(client).json["id"] for _ in range(3))
+    first, second, third = (post_token(client).json["id"] for _ in range(3))
     client.put(f"{API}/{first}", json={"token": JWT + "x", "expires_at": future()})  # a PUT is a save too
-    other = post(client, user="bob").json["id"]
-    fourth = post(client).json["id"]
+    other = post_token(client, user_id="bob").json["id"]
+    fourth = post_token(client).json["id"]
     assert held_ids(client) == [fourth, first, third]
     assert held_ids(client, "bob") == [other]
     assert client.get(f"{API}/{second}").status_code == 404
@@ -49,16 +43,16 @@ def test_over_the_limit_a_save_evicts_the_least_recently_saved_records(make_app,
 
 def test_with_policy_reject_a_save_over_the_limit_is_409_and_stores_nothing(make_app, raw):
     client = make_app(max_tokens_per_user=2, user_limit_policy="reject").test_client()
-    kept = [post(client).json["id"] for _ in range(2)]
+    kept = [post_token(client).json["id"] for _ in range(2)]
     before = len(events(client))
-    refused = post(client, **{"Idempotency-Key": "k-1"})
+    refused = post_token(client, **{"Idempotency-Key": "k-1"})
     assert refused.status_code == 409
     assert refused.json["code"] == 409 and refused.json["message"] and JWT not in refused.get_data(as_text=True)
     assert held_ids(client) == kept[::-1]
     assert len(events(client)) == before
-    assert post(client, user="bob").status_code == 201  # the limit is per user
+    assert post_token(client, user_id="bob").status_code == 201  # the limit is per user
     client.delete(f"{API}/{kept[0]}")
-    assert post(client, **{"Idempotency-Key": "k-1"}).status_code == 201  # a refusal did not use the key up
+    assert post_token(client, **{"Idempotency-Key": "k-1"}).status_code == 201  # a refusal did not use the key up
     assert disagreements(raw) == []
 
 
@@ -68,16 +62,16 @@ def test_records_past_expiry_count_until_retention_ends_and_then_no_longer(make_
     for token in ("short-lived-token-0001", "short-lived-token-0002"):
         assert client.post(API, json={"user_id": "ann", "token": token, "expires_at": iso(expires)}).status_code == 201
     time.sleep(max(0.0, expires - time.time()) + 0.2)
-    assert post(client).status_code == 409  # expired, still held (retention)
+    assert post_token(client).status_code == 409  # expired, still held (retention)
     time.sleep(1.2)
-    assert post(client).status_code == 201  # retention over: no longer held
+    assert post_token(client).status_code == 201  # retention over: no longer held
     assert len(held_ids(client)) == 1
 
 
 def test_no_limit_by_default(make_app):
     client = make_app().test_client()
     for _ in range(12):
-        assert post(client).status_code == 201
+        assert post_token(client).status_code == 201
     assert len(held_ids(client)) == 12
 
 
@@ -89,7 +83,7 @@ def test_eight_concurrent_saves_for_one_user_leave_exactly_the_limit(make_app, r
 
     def save(index: int) -> None:
         barrier.wait()
-        statuses.append(post(client, token=f"{JWT}.{index}").status_code)
+        statuses.append(post_token(client, token=f"{JWT}.{index}").status_code)
 
     threads = [threading.Thread(target=save, args=(index,)) for index in range(8)]
     for thread in threads:
@@ -117,7 +111,7 @@ def test_concurrent_saves_through_two_app_instances_on_one_redis_leave_exactly_t
         client = apps[index % 2].test_client()
         barrier.wait()
         for round_number in range(3):
-            statuses.append(post(client, token=f"{JWT}.{index}.{round_number}").status_code)
+            statuses.append(post_token(client, token=f"{JWT}.{index}.{round_number}").status_code)
 
     threads = [threading.Thread(target=save, args=(index,)) for index in range(8)]
     for thread in threads:
@@ -133,10 +127,10 @@ def test_concurrent_saves_through_two_app_instances_on_one_redis_leave_exactly_t
 
 def test_an_index_entry_naming_another_users_record_is_never_evicted_for_this_user(make_app, raw):
     client = make_app(max_tokens_per_user=2).test_client()
-    bobs = post(client, user="bob").json["id"]
-    ann_first = post(client).json["id"]
+    bobs = post_token(client, user_id="bob").json["id"]
+    ann_first = post_token(client).json["id"]
     raw.zadd("{sessionsvc}:u:0:ann", {bobs[6:].lstrip("0"): 0})  # tampering: bob's record in ann's index
-    ann_second, ann_third = post(client).json["id"], post(client).json["id"]
+    ann_second, ann_third = post_token(client).json["id"], post_token(client).json["id"]
     assert client.get(f"{API}/{bobs}").status_code == 200
     assert held_ids(client, "bob") == [bobs]
     assert set(held_ids(client)) <= {ann_first, ann_second, ann_third} and ann_third in held_ids(client)
@@ -147,8 +141,8 @@ def test_an_index_entry_naming_another_users_record_is_never_evicted_for_this_us
 
 
 def test_clear_with_keep_removes_every_other_record_of_that_user_in_one_event(client, raw):
-    ann = [post(client).json["id"] for _ in range(4)]
-    bob = post(client, user="bob").json["id"]
+    ann = [post_token(client).json["id"] for _ in range(4)]
+    bob = post_token(client, user_id="bob").json["id"]
     response = client.delete(API, query_string={"user_id": "ann", "keep": ann[1]})
     assert response.status_code == 200
     assert response.json == {"cleared": True, "message": "All session tokens cleared from secure storage", "count": 3}
@@ -166,7 +160,7 @@ def test_clear_with_keep_removes_every_other_record_of_that_user_in_one_event(cl
 
 
 def test_keep_without_user_id_is_422_naming_keep_and_clears_nothing(client, raw):
-    kept = post(client).json["id"]
+    kept = post_token(client).json["id"]
     before = len(events(client))
     response = client.delete(API, query_string={"keep": kept})
     assert response.status_code == 422
@@ -176,9 +170,9 @@ def test_keep_without_user_id_is_422_naming_keep_and_clears_nothing(client, raw)
 
 @pytest.mark.parametrize("keep", ["other-user", "unknown", "deleted", "malformed"])
 def test_keep_that_is_not_a_held_record_of_the_user_is_404_and_clears_nothing(client, raw, keep):
-    ann = [post(client).json["id"] for _ in range(2)]
-    bobs = post(client, user="bob").json["id"]
-    gone = post(client).json["id"]
+    ann = [post_token(client).json["id"] for _ in range(2)]
+    bobs = post_token(client, user_id="bob").json["id"]
+    gone = post_token(client).json["id"]
     client.delete(f"{API}/{gone}")
     keep_id = {"other-user": bobs, "unknown": "store_999", "deleted": gone, "malformed": "nope"}[keep]
     before = len(events(client))

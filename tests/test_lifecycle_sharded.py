@@ -11,17 +11,13 @@ import time
 
 import pytest
 
-from conftest import API, JWT, future
+from conftest import API, JWT, future, post_token
 from sessionsvc.store import format_id, parse_id, shard_of_user
 from sessionsvc.store.feed import MERGE_ENTRIES
 from sessionsvc.sweeper import ExpirySweeper
 
 pytestmark = pytest.mark.parametrize("backend", ["fakeredis-4shards", "redis-4shards"], indirect=True)
 EVENTS = f"{API}/events"
-
-
-def post(client, user_id: str, token: str = JWT, expires_in: int = 3600):
-    return client.post(API, json={"user_id": user_id, "token": token, "expires_at": future(expires_in)})
 
 
 def user_events(client, user_id: str) -> list[dict]:
@@ -58,7 +54,7 @@ def changes(client) -> list[tuple[str, str]]:
     """Creates, refreshes and deletes for sixteen users (on every shard): (type, id) in order."""
     made = []
     for index in range(16):
-        record_id = post(client, f"member{index}").json["id"]
+        record_id = post_token(client, f"member{index}").json["id"]
         made.append(("created", record_id))
         if index % 3 == 0:
             refreshed = client.put(f"{API}/{record_id}", json={"token": JWT + "2", "expires_at": future()})
@@ -72,8 +68,8 @@ def changes(client) -> list[tuple[str, str]]:
 
 def test_a_users_events_come_in_their_exact_order(make_app):
     client = make_app().test_client()
-    first = post(client, "alice").json["id"]
-    post(client, "bob")
+    first = post_token(client, "alice").json["id"]
+    post_token(client, "bob")
     assert client.put(f"{API}/{first}", json={"token": JWT + "2", "expires_at": future()}).status_code == 200
     assert client.delete(f"{API}/{first}").status_code == 200
     assert [(event["type"], event["id"]) for event in user_events(client, "alice")] == [
@@ -104,7 +100,7 @@ def test_reading_on_from_any_cursor_of_the_whole_feed_serves_exactly_what_came_a
         rest = read_all(client, limit=5, after=event["cursor"])
         assert without_cursors(rest) == without_cursors(whole[position + 1:])
     last = read(client, limit=1000)["next"]
-    later = post(client, "late").json["id"]
+    later = post_token(client, "late").json["id"]
     assert [(event["type"], event["id"]) for event in read(client, after=last)["data"]] == [("created", later)]
 
 
@@ -112,7 +108,7 @@ def test_events_written_while_a_consumer_reads_on_are_all_served_once(make_app):
     client = make_app().test_client()
     seen, cursor, written = [], None, []
     for round_number in range(6):
-        written += [post(client, f"r{round_number}u{index}").json["id"] for index in range(5)]
+        written += [post_token(client, f"r{round_number}u{index}").json["id"] for index in range(5)]
         page = read(client, limit=4, **({"after": cursor} if cursor else {}))
         seen += page["data"]
         cursor = page["next"]
@@ -136,7 +132,7 @@ def test_a_type_filter_on_the_whole_feed_keeps_its_place_past_what_it_passed_ove
 def test_a_whole_store_clear_is_one_cleared_event_per_shard_adding_up_to_its_count(make_app):
     client = make_app().test_client()
     for index in range(16):
-        post(client, f"member{index}")
+        post_token(client, f"member{index}")
     cleared = client.delete(API).json["count"]
     events = [event for event in read_all(client, limit=1000) if event["type"] == "cleared"]
     assert len(events) == 4 and sum(event["count"] for event in events) == cleared == 16
@@ -146,11 +142,11 @@ def test_a_whole_store_clear_is_one_cleared_event_per_shard_adding_up_to_its_cou
 
 def test_a_stream_time_reads_every_shard_from_then_and_another_stores_cursor_its_earliest_place(make_app):
     client = make_app().test_client()
-    post(client, "before")
+    post_token(client, "before")
     time.sleep(0.01)
     middle = f"{int(time.time() * 1000)}-0"
     time.sleep(0.01)
-    after_ids = [post(client, f"after{index}").json["id"] for index in range(6)]
+    after_ids = [post_token(client, f"after{index}").json["id"] for index in range(6)]
     assert sorted(event["id"] for event in read(client, after=middle)["data"]) == sorted(after_ids)
     assert read(client, after="99999999999999-0")["data"] == []
     for foreign in ("s0.0.0", "s0....."):  # another store's: read from its earliest place
@@ -163,7 +159,7 @@ def test_a_stream_time_reads_every_shard_from_then_and_another_stores_cursor_its
 def test_a_cursor_older_than_a_shard_holds_is_410_naming_a_cursor_to_read_on_from(make_app):
     app = make_app(events_maxlen=10)
     client = app.test_client()
-    post(client, "first")
+    post_token(client, "first")
     first = read(client)["data"][0]["cursor"]
     app.extensions["sessionsvc"].save_many([(f"u{index}", JWT, int(time.time()) + 3600) for index in range(1200)])
     response = client.get(EVENTS, query_string={"after": first})
@@ -186,7 +182,7 @@ def test_one_read_of_the_whole_feed_asks_each_shard_a_bounded_number_of_entries(
 
 def test_the_whole_feed_streams_as_server_sent_events_and_resumes_after_last_event_id(make_app):
     client = make_app(events_stream_seconds=1.5).test_client()
-    ids = [post(client, f"sse{index}").json["id"] for index in range(3)]
+    ids = [post_token(client, f"sse{index}").json["id"] for index in range(3)]
     held = read(client)["data"]
     assert sorted(event["id"] for event in held) == sorted(ids)
     response = client.get(EVENTS, headers={"Accept": "text/event-stream", "Last-Event-ID": held[0]["cursor"]},
@@ -208,7 +204,7 @@ def test_eight_concurrent_saves_for_one_user_leave_exactly_the_limit_on_their_sh
 
     def save(index: int) -> None:
         barrier.wait()
-        statuses.append(post(client, "carol", token=f"{JWT}.{index}").status_code)
+        statuses.append(post_token(client, "carol", token=f"{JWT}.{index}").status_code)
 
     threads = [threading.Thread(target=save, args=(index,)) for index in range(8)]
     for thread in threads:
@@ -223,9 +219,9 @@ def test_eight_concurrent_saves_for_one_user_leave_exactly_the_limit_on_their_sh
 
 def test_clear_with_keep_works_on_the_users_shard_and_refuses_another_users_record(make_app):
     client = make_app().test_client()
-    kept = post(client, "dave").json["id"]
-    post(client, "dave")
-    other = next(post(client, f"u{index}").json["id"] for index in range(50)
+    kept = post_token(client, "dave").json["id"]
+    post_token(client, "dave")
+    other = next(post_token(client, f"u{index}").json["id"] for index in range(50)
                  if shard_of_user(f"u{index}", 4) != shard_of_user("dave", 4))
     refused = client.delete(API, query_string={"user_id": "dave", "keep": other})
     assert refused.status_code == 404
@@ -242,7 +238,7 @@ def test_the_sweeper_tells_each_expiry_once_on_every_shard(make_app):
     users = [f"sweep{index}" for index in range(8)]
     assert len({shard_of_user(user, 4) for user in users}) > 1
     for user in users:
-        assert post(client, user, expires_in=1).status_code == 201
+        assert post_token(client, user, expires_in=1).status_code == 201
     time.sleep(2.2)
     sweeper = ExpirySweeper(app.extensions["sessionsvc"].store)
     sweeper.sweep()  # tells what the later saves have not told already (writes tell due expiries too)

@@ -11,7 +11,7 @@ import time
 import pytest
 from redis.sentinel import SentinelManagedSSLConnection
 
-from conftest import API, TEST_KEYS, future
+from conftest import API, TEST_KEYS, post_token
 from journeys import JWT
 from redis_nodes import (
     SentinelGroup,
@@ -44,10 +44,6 @@ def sentinel_app(group: SentinelGroup, **overrides):
     return create_app(config)
 
 
-def post(client, user_id: str = "alice"):
-    return client.post(API, json={"user_id": user_id, "token": JWT, "expires_at": future()})
-
-
 def timed(call):
     started = time.monotonic()
     response = call()
@@ -59,7 +55,7 @@ def posts_until_written_again(client, deadline_seconds: float = 40) -> list[tupl
     answers = []
     deadline = time.monotonic() + deadline_seconds
     while time.monotonic() < deadline:
-        response, seconds = timed(lambda: post(client, "during"))
+        response, seconds = timed(lambda: post_token(client, "during"))
         answers.append((response.status_code, seconds))
         if response.status_code == 201:
             return answers
@@ -105,7 +101,7 @@ def test_topology_settings_that_cannot_work_are_refused_by_name(settings, variab
 
 def test_killed_master_gives_quick_503s_until_the_replica_is_promoted_then_writes_resume(group):
     client = sentinel_app(group).test_client()
-    before = [post(client).json["id"] for _ in range(5)]
+    before = [post_token(client, "alice").json["id"] for _ in range(5)]
     assert group.master.client(db=2).dbsize() > 0
     group.wait_in_sync()
 
@@ -125,12 +121,12 @@ def test_killed_master_gives_quick_503s_until_the_replica_is_promoted_then_write
 
 def test_with_min_replicas_ack_every_acknowledged_write_survives_the_failover(group):
     client = sentinel_app(group, min_replicas_ack=1, replica_ack_timeout_ms=300).test_client()
-    assert post(client).status_code == 201
+    assert post_token(client, "alice").status_code == 201
 
     # A replica that does not acknowledge in time: 503, yet the write may exist on the master.
     group.replica.pause()
     try:
-        unacknowledged, seconds = timed(lambda: post(client, "unacknowledged"))
+        unacknowledged, seconds = timed(lambda: post_token(client, "unacknowledged"))
     finally:
         group.replica.resume()
     assert unacknowledged.status_code == 503 and seconds < 3
@@ -145,7 +141,7 @@ def test_with_min_replicas_ack_every_acknowledged_write_survives_the_failover(gr
     def write_continuously() -> None:
         writer = sentinel_app(group, min_replicas_ack=1, replica_ack_timeout_ms=300).test_client()
         while not stop.is_set():
-            response = post(writer, "writer")
+            response = post_token(writer, "writer")
             statuses.append(response.status_code)
             if response.status_code == 201:
                 acknowledged.append(response.json["id"])
@@ -158,11 +154,11 @@ def test_with_min_replicas_ack_every_acknowledged_write_survives_the_failover(gr
         acknowledged_before_kill = len(acknowledged)
         wait_until(lambda: group.master_port() == group.replica.port, timeout=30, what="the promotion")
         # The new master has no replica yet: with the setting, writes wait for one (503).
-        response = post(client, "no-replica-yet")
+        response = post_token(client, "no-replica-yet")
         assert response.status_code == 503
         # The old master comes back as a replica of the new one (as Sentinel would make it).
         group.master.start("--replicaof", "127.0.0.1", str(group.replica.port))
-        wait_until(lambda: post(client, "after").status_code == 201, timeout=30, what="writes to resume")
+        wait_until(lambda: post_token(client, "after").status_code == 201, timeout=30, what="writes to resume")
     finally:
         stop.set()
         writer.join(30)
@@ -176,7 +172,7 @@ def test_with_min_replicas_ack_every_acknowledged_write_survives_the_failover(gr
 def test_reads_from_the_replica_see_the_record_and_never_call_an_expired_token_valid(group):
     # Acknowledged writes make the replica current before the next read (read-your-writes).
     client = sentinel_app(group, read_from_replicas=True, min_replicas_ack=1).test_client()
-    record_id = post(client).json["id"]
+    record_id = post_token(client, "alice").json["id"]
     replica_stats = group.replica.client().info("commandstats")
     assert client.get(f"{API}/{record_id}").json["token"] == JWT
     assert client.get(f"{API}/current").json["is_valid"] is True

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import API, TEST_KEYS, future, iso, redis_url
+from conftest import API, JWT, TEST_KEYS, future, iso, redis_url
 from events_check import disagreements, stream
 from redis_server import RedisServer, wait_until
 from servers import Gunicorn
@@ -18,8 +18,6 @@ from sessionsvc import create_app
 from sessionsvc.config import Config
 from sessionsvc.store import StoreUnavailable
 from sessionsvc.sweeper import ExpirySweeper
-
-JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.sig-Q3Yk"
 
 
 def save(client, user: str, expires_at: int) -> str:
