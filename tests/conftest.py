@@ -226,23 +226,32 @@ def save(client):
 # --- markers ----------------------------------------------------------------------------
 # One table: which areas are slow to run and why, so a developer can run the fast core
 # (`pytest -m "not browser and not topology and not faults and not slow"`, see
-# tests/README.md) while `make test` runs everything.
-MARKED_MODULES = {
+# tests/README.md) while `make test` runs everything. An entry is a module, or one test of
+# a module (`module::test_name`, every parametrization of it) that waits real seconds in an
+# otherwise quick module.
+MARKED = {
     "browser": {"test_docs_browser"},  # headless Chromium
     # clusters, Sentinels, many instances
     "topology": {"test_cluster", "test_sentinel", "test_scale_out", "test_sharding_topology"},
-    "faults": {"test_faults", "test_outage", "test_store_races", "test_expiry"},  # killed servers, real seconds
-    "slow": {  # real gunicorns, fuzzing, property-based runs, benchmark smoke runs
+    "faults": {  # killed servers, real seconds of expiry
+        "test_faults", "test_outage", "test_store_races", "test_expiry",
+        "test_lifecycle::test_records_past_expiry_count_until_retention_ends_and_then_no_longer",
+        "test_store_security::test_pages_stay_exact_while_records_redis_expired_wait_for_pruning",
+    },
+    "slow": {  # real gunicorns, fuzzing, property-based runs, benchmark smoke runs, streams held open
         "test_schemathesis", "test_model", "test_bench", "test_ops_gunicorn", "test_workers",
         "test_input_rules_gunicorn", "test_deploy", "test_turns", "test_consistency", "test_cli",
         "test_event_stream_gunicorn", "test_sweeper", "test_bench_sharding",
+        "test_events::test_event_stream_sends_held_events_then_new_ones_with_heartbeats_and_ends_in_bounded_time",
+        "test_lifecycle_sharded::test_the_sweeper_tells_each_expiry_once_on_every_shard",
+        "test_lifecycle_sharded::test_the_whole_feed_streams_as_server_sent_events_and_resumes_after_last_event_id",
     },
 }
 
 
 def pytest_configure(config) -> None:
-    for marker, modules in MARKED_MODULES.items():
-        config.addinivalue_line("markers", f"{marker}: {', '.join(sorted(modules))}")
+    for marker, entries in MARKED.items():
+        config.addinivalue_line("markers", f"{marker}: {', '.join(sorted(entries))}")
 
 
 # Modules whose tests read the store's one event stream in Redis directly (`events_check`):
@@ -259,6 +268,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         items[:] = [item for item in items if item not in sharded]
     for item in items:
         module = item.module.__name__.rpartition(".")[2]
-        for marker, modules in MARKED_MODULES.items():
-            if module in modules:
+        names = {module, f"{module}::{item.originalname}"}
+        for marker, entries in MARKED.items():
+            if not names.isdisjoint(entries):
                 item.add_marker(marker)
