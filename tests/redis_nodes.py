@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,4 +169,37 @@ class Cluster:
 
     def slot_of(self, key: str) -> int:
         return int(self._live().client().cluster("keyslot", key))
+
+    @contextlib.contextmanager
+    def slot_moving(self, slot: int, target: RedisNode, keys_per_batch: int = 5,
+                    pause_after: int = 1) -> Iterator[None]:
+        """Moves `slot` to `target` in a thread, the way `redis-cli --cluster reshard` does
+        (IMPORTING, MIGRATING, MIGRATE in batches, then SETSLOT NODE on every master), and
+        yields while the move is paused half-way, after `pause_after` batches; on leaving,
+        lets it finish."""
+        source = self.owner(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        paused, go_on = threading.Event(), threading.Event()
+
+        def move() -> None:
+            target.client().cluster("setslot", slot, "importing", source_id)
+            source.client().cluster("setslot", slot, "migrating", target_id)
+            batches = 0
+            while keys := source.client().cluster("getkeysinslot", slot, keys_per_batch):
+                source.client().migrate("127.0.0.1", target.port, keys, 0, 5000)
+                batches += 1
+                if batches == pause_after:
+                    paused.set()
+                    go_on.wait(30)
+            for node in self.masters():
+                node.client().cluster("setslot", slot, "node", target_id)
+
+        mover = threading.Thread(target=move)
+        mover.start()
+        try:
+            assert paused.wait(30), f"slot {slot} moved in fewer than {pause_after} batches"
+            yield
+        finally:
+            go_on.set()
+            mover.join(30)
 

@@ -60,26 +60,6 @@ def test_stores_with_different_prefixes_land_on_different_masters(cluster):
         assert node.client().cluster("countkeysinslot", slot) >= 4  # record, 3 indexes, counters
 
 
-def migrate_slot(cluster: Cluster, slot: int, source, target, batches_before_pause: int, paused: threading.Event,
-                 go_on: threading.Event) -> None:
-    """Move `slot` the way `redis-cli --cluster reshard` does, pausing half-way."""
-    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
-    target.client().cluster("setslot", slot, "importing", source_id)
-    source.client().cluster("setslot", slot, "migrating", target_id)
-    batches = 0
-    while True:
-        keys = source.client().cluster("getkeysinslot", slot, 5)
-        if not keys:
-            break
-        source.client().migrate("127.0.0.1", target.port, keys, 0, 5000)
-        batches += 1
-        if batches == batches_before_pause:
-            paused.set()
-            go_on.wait(30)
-    for node in cluster.nodes:
-        node.client().cluster("setslot", slot, "node", target_id)
-
-
 def test_store_keeps_answering_while_its_slot_migrates_to_another_master(cluster):
     prefix = "migrating"
     app = cluster_app(cluster, prefix)
@@ -107,21 +87,16 @@ def test_store_keeps_answering_while_its_slot_migrates_to_another_master(cluster
 
     background = threading.Thread(target=keep_requesting)
     background.start()
-    paused, go_on = threading.Event(), threading.Event()
-    mover = threading.Thread(target=migrate_slot, args=(cluster, slot, source, target, 3, paused, go_on))
-    mover.start()
     try:
-        assert paused.wait(30)
-        # Half the store is on each master: the scripts are refused (TRYAGAIN) rather than run
-        # on a partial store, so the answer is a clean 503, never a wrong 404 or a 500.
-        half_way = client.get(f"{API}/{saved[0]}")
-        assert half_way.status_code == 503
-        assert half_way.headers["Retry-After"]
-        assert client.get(API).status_code == 503
-    finally:
-        go_on.set()
-        mover.join(30)
+        with cluster.slot_moving(slot, target, pause_after=3):
+            # Half the store is on each master: the scripts are refused (TRYAGAIN) rather than run
+            # on a partial store, so the answer is a clean 503, never a wrong 404 or a 500.
+            half_way = client.get(f"{API}/{saved[0]}")
+            assert half_way.status_code == 503
+            assert half_way.headers["Retry-After"]
+            assert client.get(API).status_code == 503
         time.sleep(0.3)
+    finally:
         stop.set()
         background.join(30)
 
