@@ -16,6 +16,7 @@ from .store import (
     EventPage,
     IdempotencyClaim,
     IndexReport,
+    Listed,
     NotFound,
     NumberInUse,
     Record,
@@ -199,7 +200,7 @@ class TokenVault:
     def validity(self, user_id: str | None = None) -> Record | None:
         return self.store.current(user_id)
 
-    def page(self, page: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
+    def page(self, page: int, limit: int, user_id: str | None = None) -> tuple[int, list[Listed]]:
         return self.store.page((page - 1) * limit, limit, user_id)
 
     def delete(self, record_id: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from conftest import API, TEST_KEYS, future, redis_url
 from sessionsvc import create_app
@@ -129,3 +130,25 @@ def test_reads_with_nothing_dead_neither_prune_nor_count_and_current_reads_one_r
     assert work(lambda: store.get(7, reveal=True)) == {"get": 1, "time": 1, "hmget": 1, "hset": 1}
     page = work(lambda: store.page(0, 20))
     assert page == {"get": 1, "time": 1, "zcount": 1, "zcard": 1, "zrevrange": 1, "hmget": 20}
+
+
+
+def test_a_page_asks_redis_for_the_six_fields_a_listing_needs_not_the_whole_record(real_redis):
+    """Each listed record is one HMGET of user, preview, expiry, saved time, save number and
+    generation (MONITOR shows the commands a script runs): never its creation time, reveal
+    counters or token chunks."""
+    app = create_app(Config(encryption_keys=TEST_KEYS, redis_url=redis_url(real_redis), expiry_sweep=False))
+    client = app.test_client()
+    for index in range(3):
+        assert client.post(API, json={"user_id": f"user{index}", "token": f"token-{index}-" + "x" * 200,
+                                      "expires_at": future()}).status_code == 201
+    watcher = redis.Redis.from_url(redis_url(real_redis), socket_timeout=5)
+    with watcher.monitor() as monitor:
+        listing = client.get(API).json
+        hmgets = []
+        while len(hmgets) < 3:
+            command = monitor.next_command()["command"]
+            if command.startswith("HMGET"):
+                hmgets.append(command.split()[2:])
+    assert [item["user_id"] for item in listing["data"]] == ["user2", "user1", "user0"]
+    assert hmgets == [["u", "p", "e", "s", "o", "g"]] * 3

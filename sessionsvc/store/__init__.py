@@ -1,8 +1,8 @@
 """The token store: the only package that speaks Redis. This docstring is its design: the
 keys, the commands of every operation, the topologies and the failures. The code:
 
-- ``records``: what the store returns (``Record``, ``Census``, ``IndexReport``), record
-  ids, and the errors it raises (``NotFound``, ``StoreUnavailable``, ...);
+- ``records``: what the store returns (``Record``, a page's ``Listed``, ``Census``,
+  ``IndexReport``), record ids, and the errors it raises (``NotFound``, ``StoreUnavailable``, ...);
 - ``operations``: ``TokenStore``, the operations that serve requests;
 - ``events``: reading the event stream, waiting on it, and the expiry sweep;
 - ``maintenance``: the operations for operators and monitoring (readiness, census,
@@ -241,8 +241,9 @@ Commands per operation (each is one EVALSHA with KEYS = gen, slot-guard: one rou
 - page: GET gen, TIME, ZCOUNT exp [+ prune when it is not 0], ZCARD; while entries are
   dead (at most ``DEAD_WINDOW``), ZRANGEBYSCORE exp LIMIT ``DEAD_WINDOW`` + ZREVRANK per
   dead entry of this index: the exact total and the page's exact positions. A page past
-  the total answers there; otherwise ZREVRANGE of those positions, HMGET [+ ZSCORE exp of
-  an expired record, while entries are dead] per entry
+  the total answers there; otherwise ZREVRANGE of those positions, HMGET of the six fields
+  a listing needs (u p e s o g) [+ ZSCORE exp of an expired record, while entries are dead]
+  per entry
   (owner checked as for current). O(log N + limit), plus ``DEAD_WINDOW`` ranks. More
   dead entries than that: the whole-store page walks from the top (total ZCARD - ZCOUNT),
   a user's page reads their whole index, each within ``WALK_BUDGET`` entries (else
@@ -321,6 +322,7 @@ from .records import (
     IdempotencyClaim,
     IdempotencyConflict,
     IndexReport,
+    Listed,
     NotFound,
     NumberInUse,
     PageTooDeep,
@@ -340,7 +342,7 @@ Store = TokenStore | ShardedStore
 
 __all__ = [
     "DEAD_WINDOW", "WALK_BUDGET", "AlreadyExpired", "BadCursor", "Census", "Event", "EventPage", "EventsTrimmed",
-    "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "NotFound", "NumberInUse", "PageTooDeep",
+    "IdempotencyClaim", "IdempotencyConflict", "IndexReport", "Listed", "NotFound", "NumberInUse", "PageTooDeep",
     "PreconditionFailed", "Record", "ShardCountMismatch", "ShardedStore", "Store", "StoreUnavailable", "TokenStore",
     "UserLimitReached", "check_shard_count", "connect", "format_id", "max_global_depth", "open_store", "parse_id",
     "shard_of_user",

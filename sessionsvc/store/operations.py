@@ -18,6 +18,7 @@ from .records import (
     AlreadyExpired,
     IdempotencyClaim,
     IdempotencyConflict,
+    Listed,
     NotFound,
     NumberInUse,
     Observer,
@@ -118,6 +119,22 @@ class TokenStore(StoreEvents, StoreMaintenance):
             last_revealed_at=int(revealed) if revealed else None,
             sealed_token=sealed,
         )
+
+    def _listed(self, now_ms: int, fields: list) -> Listed:
+        """A record as a page's script returned it; its owner is remembered for later refreshes."""
+        number, user, preview, expires, saved, version = fields
+        expires = int(expires)
+        listed = Listed(
+            number=int(number),
+            user_id=user.decode("ascii"),
+            token_preview=preview.decode("ascii"),
+            expires_at=expires,
+            saved_at=int(saved),
+            version=int(version),
+            is_valid=expires * 1000 > now_ms,
+        )
+        self._owners.remember(listed.number, listed.user_id)
+        return listed
 
     # --- operations ----------------------------------------------------------------
 
@@ -259,7 +276,7 @@ class TokenStore(StoreEvents, StoreMaintenance):
             return None
         return self._held(reply[1], reply[3], reply[4] if len(reply) > 4 else None)
 
-    def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
+    def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Listed]]:
         user = user_id or ""
         if self.replicas is None:
             reply = self._run("page", user, offset, limit, PRUNE_BATCH, retry=True)
@@ -267,13 +284,13 @@ class TokenStore(StoreEvents, StoreMaintenance):
             reply = self._bounded_read("page", (user, offset, limit, 0), (user, offset, limit, PRUNE_BATCH))
         return self._page_answer(user, reply)
 
-    def _page_answer(self, user: str, reply: list) -> tuple[int, list[Record]]:
-        """The total and records of a page script's reply."""
+    def _page_answer(self, user: str, reply: list) -> tuple[int, list[Listed]]:
+        """The total and listed records of a page script's reply."""
         self._passed_over(user, reply[3])
         if reply[0] == ReadReply.CATCHING_UP:
             raise StoreUnavailable("catching_up")
         now_ms = reply[1]
-        return int(reply[2]), [self._held(now_ms, fields) for fields in reply[4:]]
+        return int(reply[2]), [self._listed(now_ms, fields) for fields in reply[4:]]
 
     def _bounded_read(self, name: str, replica_args: tuple, primary_args: tuple) -> Any:
         """A read on a replica; when it answers CATCHING_UP, once more on the primary, whose

@@ -96,6 +96,24 @@ class Record(NamedTuple):
         return format_id(self.number)
 
 
+class Listed(NamedTuple):
+    """One record as a page lists it: the fields a listing shows, and its save number
+    (``version``), which orders a page of the whole sharded store. A page's script reads
+    only these from Redis (six fields of a record's nine)."""
+
+    number: int
+    user_id: str
+    token_preview: str
+    expires_at: int
+    saved_at: int
+    version: int
+    is_valid: bool
+
+    @property
+    def id(self) -> str:
+        return format_id(self.number)
+
+
 class Event(NamedTuple):
     """One entry of the store's event stream. ``cursor`` is its stream entry id (the
     Redis time in ms, a dash, a sequence number); ``at`` is that time in whole seconds.

@@ -226,12 +226,19 @@ local function sealed_of(n, k, h, first, have)
   end
   return table.concat(parts)
 end""",
+    "dead_by_now": """
+-- Whether record `n` of `user`, expiring at `expires` (seconds), has passed retention by
+-- this script's clock. A record dies (expires_at + retention) no earlier than it expires:
+-- only one already expired has its death looked up (its `exp` entry).
+local function dead_by_now(n, user, expires)
+  if tonumber(expires) * 1000 > now then return false end
+  local death = redis.call('ZSCORE', exp_key, n .. ':' .. user)
+  return not death or tonumber(death) <= now
+end""",
     "load": """
 -- The record's fields {n, u, p, e, s, c, o, rc, rl} if it is held in the current
 -- generation (and, when `check_death`, has not passed retention by this script's clock),
--- else nil; with `token`, its sealed token too (read by the same HMGET). A record dies
--- (expires_at + retention) no earlier than it expires: only one already expired has its
--- death looked up (its `exp` entry).
+-- else nil; with `token`, its sealed token too (read by the same HMGET).
 local function load(n, check_death, token)
   local h
   if token then
@@ -242,13 +249,19 @@ local function load(n, check_death, token)
     h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g')
   end
   if not h[1] or h[9] ~= gen then return nil end
-  if check_death and tonumber(h[3]) * 1000 <= now then
-    local death = redis.call('ZSCORE', exp_key, n .. ':' .. h[1])
-    if not death or tonumber(death) <= now then return nil end
-  end
+  if check_death and dead_by_now(n, h[1], h[3]) then return nil end
   local sealed = nil
   if token then sealed = sealed_of(n, h[10], h, 11, TOKEN_PREFETCH) end
   return {n, h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}, sealed
+end""",
+    "load_listed": """
+-- What a page lists of record `n`, {n, u, p, e, s, o} (o, the save number, orders a page of
+-- the whole sharded store), held and alive as for `load`; six fields asked for, not nine.
+local function load_listed(n, check_death)
+  local h = redis.call('HMGET', rec_key(n), 'u', 'p', 'e', 's', 'o', 'g')
+  if not h[1] or h[6] ~= gen then return nil end
+  if check_death and dead_by_now(n, h[1], h[3]) then return nil end
+  return {n, h[1], h[2], h[3], h[4], h[5]}
 end""",
     "count_reveal": """
 -- Count one reveal of a loaded record: its reveal count and last reveal, in Redis and in
@@ -346,16 +359,17 @@ end""",
 -- reading `chunk` entries, then as many as are still wanted (at least 16), and at most
 -- `budget` in all. Passed over: entries whose record is not held (or is dead, when
 -- `check_death`) and, in a user's index (`user` not ''), entries naming another user's
--- record, which are added to `foreign`. With `token`, each record's sealed token is its
+-- record, which are added to `foreign`. Each record is what `load_one(n, check_death)`
+-- gives (`load` or `load_listed`); a sealed token it gives as well becomes the record's
 -- tenth field. -> records, true when the index ended before `want` were found
-local function walk(index, user, first, want, budget, chunk, check_death, foreign, token)
+local function walk(index, user, first, want, budget, chunk, check_death, foreign, load_one)
   local records, read = {}, 0
   while read < budget do
     local count = math.min(chunk, budget - read)
     local numbers = redis.call('ZREVRANGE', index, first + read, first + read + count - 1)
     read = read + count
     for _, n in ipairs(numbers) do
-      local record, sealed = load(n, check_death, token)
+      local record, sealed = load_one(n, check_death)
       if record and user ~= '' and record[2] ~= user then
         foreign[#foreign + 1] = n
       elseif record then
@@ -391,7 +405,7 @@ local function excess_over(user, limit)
   end
   if size > WALK_BUDGET then return nil end
   local foreign = {}
-  local records = walk(index, user, 0, size, size, size, true, foreign)
+  local records = walk(index, user, 0, size, size, size, true, foreign, load_listed)
   return #records + #foreign + 1 - limit
 end""",
     "evict_oldest": """
@@ -599,12 +613,14 @@ local foreign = {}
 -- entries at a time; the budget (the first read included) passes over every dead entry
 -- while at most DEAD_WINDOW wait.
 local token = ARGV[4] ~= '0'
-local records, ended = walk(index, user, 0, 1, 1, 1, true, foreign, token)
+local function load_with_token(n, check_death) return load(n, check_death, token) end
+local records, ended = walk(index, user, 0, 1, 1, 1, true, foreign, load_with_token)
 if not records[1] and not ended then
   -- pieces: prune
   if batch > 0 then prune(batch) end
   foreign = {}
-  records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET - 1, 16, true, foreign, token)
+  records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET - 1, 16, true, foreign,
+                        load_with_token)
 end
 heal(user, foreign, batch)
 local record = records[1]
@@ -620,7 +636,8 @@ return {ReadReply.ANSWERED, now, foreign, record, sealed}
 """
 
 # ARGV: root, user ('' = all), offset, limit, prune batch
-# -> {ANSWERED, now, total, foreign, record...} | {CATCHING_UP, now, 0, foreign} (ReadReply)
+# -> {ANSWERED, now, total, foreign, listed record {n, u, p, e, s, o}...} | {CATCHING_UP, now, 0, foreign}
+#    (ReadReply)
 #    foreign: numbers of entries naming another user's record (passed over)
 # With prune batch 0 it writes nothing (so it runs on replicas).
 _PAGE = """
@@ -649,7 +666,7 @@ if dead <= DEAD_WINDOW then
     end
   end
   records, ended = walk(index, user, first, limit, last - first + 1 + WALK_BUDGET, last - first + 1, dead > 0,
-                        foreign)
+                        foreign, load_listed)
   total = total - #foreign
 elseif user == '' then
   -- A burst of expiries outran pruning: the total is still exact; the page is found by
@@ -658,12 +675,12 @@ elseif user == '' then
   if offset >= total then return {ReadReply.ANSWERED, now, total, foreign} end
   skip, want = offset, offset + limit
   if want <= WALK_BUDGET or size <= WALK_BUDGET then
-    records, ended = walk(index, user, 0, want, WALK_BUDGET, want, true, foreign)
+    records, ended = walk(index, user, 0, want, WALK_BUDGET, want, true, foreign, load_listed)
   end
 elseif size <= WALK_BUDGET then
   -- A user's total is then known only by reading every entry of their index.
   skip, want = offset, size + 1
-  records, ended = walk(index, user, 0, want, want, want, true, foreign)
+  records, ended = walk(index, user, 0, want, want, want, true, foreign, load_listed)
   total = #records
 end
 heal(user, foreign, batch)

@@ -34,6 +34,7 @@ from .records import (
     IdempotencyClaim,
     IdempotencyConflict,
     IndexReport,
+    Listed,
     Observer,
     PageTooDeep,
     Record,
@@ -276,7 +277,7 @@ class ShardedStore:
             for shard, reply in zip(self.shards, replies, strict=True)
         ]
 
-    def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Record]]:
+    def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[int, list[Listed]]:
         if user_id:
             return self._for_user(user_id).page(offset, limit, user_id)
         depth = offset + limit
@@ -289,7 +290,7 @@ class ShardedStore:
         merged = heapq.merge(*(records for _, records in pages), key=_save_order, reverse=True)
         return sum(total for total, _ in pages), list(itertools.islice(merged, offset, depth))
 
-    def _every_page(self, offset: int, limit: int) -> list[tuple[int, list[Record]]]:
+    def _every_page(self, offset: int, limit: int) -> list[tuple[int, list[Listed]]]:
         """Each shard's total and records from `offset` on (most recently saved first)."""
         replies = self._fan_out("page", ("", offset, limit, operations.PRUNE_BATCH), ("", offset, limit, 0))
         return [
@@ -465,7 +466,7 @@ def _fields(report: IndexReport) -> tuple[int, ...]:
             report.stale_records)
 
 
-def _save_order(record: Record) -> tuple[int, int]:
+def _save_order(record: Record | Listed) -> tuple[int, int]:
     """Most recently saved first: by save number; ties (two refreshes of one record landing
     out of order, or a save counter that lost increments in a failover) by record number."""
     return record.version, record.number
