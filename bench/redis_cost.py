@@ -13,6 +13,9 @@ a store under its own key prefix in that server, bulk-loaded as the service load
 runs is called ``--calls`` times, one call at a time, after ``CONFIG RESETSTAT``:
 Redis's ``usec_per_call`` of EVALSHA is the script's time, and the commands the script ran
 (counted in commandstats as well) say where it went. The median of the rounds is reported.
+On this tree, each of the main scripts is followed by its flat twin (``FLAT_TWINS``): the same
+commands in one straight run of ``redis.call``s, so that script - twin is the script's own
+Lua and twin - ``return 1`` the least any script doing that work costs here.
 
 Memory: ``used_memory`` before and after each side's load, less the event stream's growth
 (it is bounded by ``SESSIONSVC_EVENTS_MAXLEN``, not per record), per record; and
@@ -48,6 +51,124 @@ OPERATIONS = (
 )
 
 
+# Each script's flat twin: the same Redis commands its usual path runs (the path every
+# call of the probe takes), in one straight run of `redis.call`s with the keys and values
+# worked out beforehand, and a reply of the same shape; none of the script's own Lua (no
+# pieces, no checks, no branches). script - twin is what the script's own logic costs;
+# twin - `return 1` is its commands with the Lua bridge around each: the least any script
+# doing that work can cost. KEYS[1] = {P}:gen (the twin GETs it as the scripts do),
+# ARGV[1] = {P}, as for the scripts.
+TWIN_PRELUDE = """
+local root = ARGV[1]
+local gen = redis.call('GET', KEYS[1]) or '0'
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_ms = string.format('%d', now)
+"""
+RECORD_FIELDS = "'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g'"
+TOKEN_FIELDS = "'k', " + ", ".join(["'t'"] + [f"'t{i}'" for i in range(1, 16)])
+FLAT_TWINS = {
+    # ARGV: root, n
+    "get": TWIN_PRELUDE + f"""
+local key = root .. ':r:' .. ARGV[2]
+local h = redis.call('HMGET', key, {RECORD_FIELDS}, {TOKEN_FIELDS})
+redis.call('HSET', key, 'rc', 1, 'rl', math.floor(now / 1000))
+return {{now, {{ARGV[2], h[1], h[2], h[3], h[4], h[5], h[6], 1, math.floor(now / 1000)}},
+        table.concat(h, '', 11, 10 + tonumber(h[10]))}}
+""",
+    # ARGV: root
+    "validity": TWIN_PRELUDE + f"""
+local top = redis.call('ZREVRANGE', root .. ':all:' .. gen, 0, 0)
+local h = redis.call('HMGET', root .. ':r:' .. top[1], {RECORD_FIELDS})
+return {{1, now, {{}}, {{top[1], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]}}}}
+""",
+    # ARGV: root
+    "current": TWIN_PRELUDE + f"""
+local top = redis.call('ZREVRANGE', root .. ':all:' .. gen, 0, 0)
+local key = root .. ':r:' .. top[1]
+local h = redis.call('HMGET', key, {RECORD_FIELDS}, {TOKEN_FIELDS})
+redis.call('HSET', key, 'rc', 1, 'rl', math.floor(now / 1000))
+return {{1, now, {{}}, {{top[1], h[1], h[2], h[3], h[4], h[5], h[6], 1, math.floor(now / 1000)}},
+        table.concat(h, '', 11, 10 + tonumber(h[10]))}}
+""",
+    # ARGV: root, limit
+    "page 1": TWIN_PRELUDE + """
+local all_key = root .. ':all:' .. gen
+local dead = redis.call('ZCOUNT', root .. ':exp:' .. gen, '-inf', now_ms)
+local total = redis.call('ZCARD', all_key) - dead
+local reply = {1, now, total, {}}
+for _, n in ipairs(redis.call('ZREVRANGE', all_key, 0, tonumber(ARGV[2]) - 1)) do
+  local h = redis.call('HMGET', root .. ':r:' .. n, 'u', 'p', 'e', 's', 'o', 'g')
+  reply[#reply + 1] = {n, h[1], h[2], h[3], h[4], h[5]}
+end
+return reply
+""",
+    # ARGV: root, n, user, preview, expires (s), death (ms), events maxlen, prune batch,
+    #       due batch, key id, then the sealed token's fields: 't', chunk, 't1', chunk, ...
+    "create": TWIN_PRELUDE + """
+local n, user, member = ARGV[2], ARGV[3], ARGV[2] .. ':' .. ARGV[3]
+local key = root .. ':r:' .. n
+redis.call('HINCRBY', root .. ':seals', ARGV[10], 1)
+redis.call('EXISTS', key)
+redis.call('ZRANGEBYSCORE', root .. ':due:' .. gen, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, ARGV[9])
+redis.call('ZRANGEBYSCORE', root .. ':exp:' .. gen, '-inf', now_ms, 'LIMIT', 0, ARGV[8])
+local save = redis.call('INCR', root .. ':saves')
+local saved = math.floor(now / 1000)
+redis.call('HSET', key, 'u', user, 'p', ARGV[4], 'e', ARGV[5], 's', saved, 'c', saved, 'o', save, 'g', gen,
+           'k', (#ARGV - 10) / 2, unpack(ARGV, 11))
+redis.call('PEXPIREAT', key, ARGV[6])
+redis.call('ZADD', root .. ':all:' .. gen, save, n)
+redis.call('ZADD', root .. ':u:' .. gen .. ':' .. user, save, n)
+redis.call('ZADD', root .. ':exp:' .. gen, ARGV[6], member)
+redis.call('ZADD', root .. ':due:' .. gen, ARGV[5] * 1000, member)
+redis.call('XADD', root .. ':events', 'MAXLEN', '~', ARGV[7], '*', 'type', 'created', 'n', n, 'u', user,
+           'e', ARGV[5])
+redis.call('EXISTS', root .. ':reclaim')
+return {1, now, {n, user, ARGV[4], ARGV[5], saved, saved, save, false, false}}
+""",
+    # ARGV: as create's
+    "refresh": TWIN_PRELUDE + """
+local n, user, member = ARGV[2], ARGV[3], ARGV[2] .. ':' .. ARGV[3]
+local key = root .. ':r:' .. n
+redis.call('HINCRBY', root .. ':seals', ARGV[10], 1)
+local held = redis.call('HMGET', key, 'u', 'g', 'o', 'c', 'rc', 'rl', 'k')
+redis.call('ZSCORE', root .. ':exp:' .. gen, member)
+redis.call('ZRANGEBYSCORE', root .. ':due:' .. gen, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, ARGV[9])
+local save = redis.call('INCR', root .. ':saves')
+local saved = math.floor(now / 1000)
+redis.call('HSET', key, 'u', user, 'p', ARGV[4], 'e', ARGV[5], 's', saved, 'o', save, 'g', gen,
+           'k', (#ARGV - 10) / 2, unpack(ARGV, 11))
+redis.call('PEXPIREAT', key, ARGV[6])
+redis.call('ZADD', root .. ':all:' .. gen, save, n)
+redis.call('ZADD', root .. ':u:' .. gen .. ':' .. user, save, n)
+redis.call('ZADD', root .. ':exp:' .. gen, ARGV[6], member)
+redis.call('ZADD', root .. ':due:' .. gen, ARGV[5] * 1000, member)
+redis.call('XADD', root .. ':events', 'MAXLEN', '~', ARGV[7], '*', 'type', 'refreshed', 'n', n, 'u', user,
+           'e', ARGV[5])
+redis.call('ZRANGEBYSCORE', root .. ':exp:' .. gen, '-inf', now_ms, 'LIMIT', 0, ARGV[8])
+redis.call('EXISTS', root .. ':reclaim')
+return {1, now, {n, user, ARGV[4], ARGV[5], saved, held[4], save, held[5], held[6]}}
+""",
+    # ARGV: root, n, events maxlen, due batch
+    "delete": TWIN_PRELUDE + """
+local n = ARGV[2]
+local key = root .. ':r:' .. n
+local held = redis.call('HMGET', key, 'u', 'g', 'e')
+local member = n .. ':' .. held[1]
+redis.call('ZRANGEBYSCORE', root .. ':due:' .. gen, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, ARGV[4])
+redis.call('UNLINK', key)
+redis.call('ZREM', root .. ':all:' .. gen, n)
+redis.call('ZREM', root .. ':u:' .. gen .. ':' .. held[1], n)
+redis.call('ZREM', root .. ':exp:' .. gen, member)
+redis.call('ZREM', root .. ':due:' .. gen, member)
+redis.call('XADD', root .. ':events', 'MAXLEN', '~', ARGV[3], '*', 'type', 'deleted', 'n', n, 'u', held[1],
+           'e', held[3])
+return 1
+""",
+}
+TWIN = " (flat twin)"  # a twin's operation name: the script's, and this
+
+
 def bench_token(tag: str, chars: int) -> str:
     """A JWT-shaped token of `chars` characters, unique per tag (as bench/run.py makes them)."""
     head = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9.{tag}."
@@ -65,6 +186,8 @@ def worker(args: argparse.Namespace) -> dict:
     from sessionsvc import create_app
     from sessionsvc.config import Config
     from sessionsvc.store import format_id
+    from sessionsvc.store.operations import PRUNE_BATCH
+    from sessionsvc.store.scripts import DUE_BATCH, TOKEN_CHUNK
 
     config = Config(redis_url=args.url, encryption_keys=(args.key,), key_prefix=args.prefix,
                     retention_seconds=86400, expiry_sweep=False)
@@ -98,6 +221,7 @@ def worker(args: argparse.Namespace) -> dict:
     held = range(1, args.records + 1)
     users: list[str] = []
     numbers: list[int] = []
+    twin_numbers: list[int] = []
     created: list[int] = []
     token = ""
 
@@ -106,6 +230,7 @@ def worker(args: argparse.Namespace) -> dict:
         rng = random.Random(round_number)
         users[:] = [user_of(n) for n in rng.sample(held, min(args.calls, len(held)))]
         numbers[:] = [rng.choice(held) for _ in range(args.calls)]
+        twin_numbers[:] = [rng.choice(held) for _ in range(args.calls)]  # records the scripts' calls did not touch
         token = bench_token(f"r{round_number}", args.token_chars)
 
     def create(_: int) -> None:
@@ -116,6 +241,23 @@ def worker(args: argparse.Namespace) -> dict:
         store.refresh(n, user_of(n), vault.cipher.seal(token, format_id(n), user_of(n)), "eyJhbGci...xxxx", expires)
 
     floor = client.register_script("return 1")
+    twin = {name: client.register_script(source) for name, source in FLAT_TWINS.items()}
+    for source in FLAT_TWINS.values():  # loaded now: no first call answered NOSCRIPT in the counts
+        client.script_load(source)
+    twin_created: list[int] = []
+    gen_key, preview, death = root + ":gen", "eyJhbGci...xxxx", expires * 1000 + config.retention_seconds * 1000
+
+    def twin_write(name: str, number: int, user: str) -> None:
+        sealed = vault.cipher.seal(token, format_id(number), user)
+        fields = [part for i in range(0, len(sealed), TOKEN_CHUNK)
+                  for part in ("t" + str(i // TOKEN_CHUNK or ""), sealed[i:i + TOKEN_CHUNK])]
+        twin[name](keys=[gen_key], args=[root, number, user, preview, expires, death, store.events_maxlen,
+                                         PRUNE_BATCH, DUE_BATCH, sealed.split(b":")[0], *fields])
+
+    def twin_create(i: int) -> None:
+        twin_created.append(store.reserve_number())
+        twin_write("create", twin_created[-1], users[i % len(users)])
+
     calls = {
         "EVALSHA of `return 1`": lambda i: floor(keys=[root + ":gen"], args=[]),
         "get": lambda i: store.get(numbers[i], reveal=True),
@@ -130,6 +272,14 @@ def worker(args: argparse.Namespace) -> dict:
         "create": create,
         "refresh": refresh,
         "delete": lambda i: store.delete(created[i]),
+        "get" + TWIN: lambda i: twin["get"](keys=[gen_key], args=[root, twin_numbers[i]]),
+        "validity" + TWIN: lambda i: twin["validity"](keys=[gen_key], args=[root]),
+        "current" + TWIN: lambda i: twin["current"](keys=[gen_key], args=[root]),
+        "page 1" + TWIN: lambda i: twin["page 1"](keys=[gen_key], args=[root, 20]),
+        "create" + TWIN: twin_create,
+        "refresh" + TWIN: lambda i: twin_write("refresh", twin_numbers[i], user_of(twin_numbers[i])),
+        "delete" + TWIN: lambda i: twin["delete"](keys=[gen_key], args=[root, twin_created[i], store.events_maxlen,
+                                                                        DUE_BATCH]),
     }
     store.load_scripts()
     print("ready", flush=True)
@@ -140,6 +290,7 @@ def worker(args: argparse.Namespace) -> dict:
             current_round = round_number
             new_round(int(round_number))
             created.clear()
+            twin_created.clear()
         client.config_resetstat()
         for i in range(args.calls):
             calls[name](i)
@@ -148,8 +299,11 @@ def worker(args: argparse.Namespace) -> dict:
         inner = {key[len("cmdstat_"):]: round(value["usec"] / max(script["calls"], 1), 2)
                  for key, value in stats.items()
                  if key not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info") and value["calls"]}
+        calls_inside = {key[len("cmdstat_"):]: round(value["calls"] / max(script["calls"], 1), 2)
+                        for key, value in stats.items()
+                        if key not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info") and value["calls"]}
         print(json.dumps({"calls": script["calls"], "usec_per_call": round(script["usec"] / max(script["calls"], 1), 2),
-                          "inner_usec_per_call": inner}), flush=True)
+                          "inner_usec_per_call": inner, "inner_calls_per_call": calls_inside}), flush=True)
     client.close()
     return {}
 
@@ -293,10 +447,14 @@ def main(argv: list[str] | None = None) -> int:
                 for side in sides:
                     report["sides"][side]["rounds"].append({})
                 for name in OPERATIONS:
-                    for side, process in servers.items():
-                        process.stdin.write(f"{name}\t{round_number}\n")
+                    asked = [(side, name) for side in servers]
+                    if name in FLAT_TWINS:
+                        asked.append(("this tree", name + TWIN))
+                    for side, operation in asked:
+                        process = servers[side]
+                        process.stdin.write(f"{operation}\t{round_number}\n")
                         process.stdin.flush()
-                        report["sides"][side]["rounds"][-1][name] = json.loads(process.stdout.readline())
+                        report["sides"][side]["rounds"][-1][operation] = json.loads(process.stdout.readline())
                 print(f"round {round_number + 1} done", flush=True)
             for process in servers.values():
                 process.stdin.close()
@@ -304,12 +462,31 @@ def main(argv: list[str] | None = None) -> int:
         for data in report["sides"].values():
             if data["rounds"]:
                 data["median_usec_per_call"] = {
-                    name: statistics.median(r[name]["usec_per_call"] for r in data["rounds"]) for name in OPERATIONS
+                    name: statistics.median(r[name]["usec_per_call"] for r in data["rounds"])
+                    for name in data["rounds"][0]
                 }
     print_report(report)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def print_twins(data: dict) -> None:
+    """Each script beside its flat twin (see FLAT_TWINS): what its own Lua costs, and the
+    least its commands cost run from Lua."""
+    medians = data["median_usec_per_call"]
+    floor = medians[OPERATIONS[0]]
+    print("\nthis tree, each script beside its flat twin (µs per call, medians; commands: Redis's own time "
+          "in the twin, last round)")
+    print("| script | script | flat twin | the script's own Lua (script − twin) | twin − `return 1`: "
+          "its commands run from Lua | of which the commands themselves |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in FLAT_TWINS:
+        script, flat = medians[name], medians[name + TWIN]
+        inner = data["rounds"][-1][name + TWIN]["inner_usec_per_call"]
+        commands = sum(usec for command, usec in inner.items() if not command.startswith(("config", "script")))
+        print(f"| {name} | {script:.1f} | {flat:.1f} | {script - flat:.1f} ({(script - flat) / script:.0%}) "
+              f"| {flat - floor:.1f} | {commands:.1f} |")
 
 
 def print_report(report: dict) -> None:
@@ -322,6 +499,7 @@ def print_report(report: dict) -> None:
         for name in OPERATIONS:
             cells = " | ".join(f"{report['sides'][side]['median_usec_per_call'][name]:.1f}" for side in sides)
             print(f"| {name} | {cells} |")
+        print_twins(report["sides"]["this tree"])
         for side in sides:
             print(f"\n{side}: commands inside each script (last round, µs per script call)")
             for name, stats in report["sides"][side]["rounds"][-1].items():

@@ -126,6 +126,29 @@ def test_redis_cost_reads_redis_time_per_script_and_bytes_per_record(tmp_path):
     assert side["memory"]["bytes_per_record"] > side["memory"]["sealed_bytes"]
 
 
+def test_each_flat_twin_runs_the_same_redis_commands_as_its_script(tmp_path):
+    """A twin that drifted from its script (a command added to one and not the other)
+    would make "the script's own Lua" in docs/benchmarks.md measure something else."""
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS_REASON)
+    out = tmp_path / "cost.json"
+    command = [sys.executable, "bench/redis_cost.py", "--records", "300", "--users", "30", "--calls", "20",
+               "--rounds", "1", "--out", str(out)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    measured = json.loads(out.read_text())["sides"]["this tree"]["rounds"][0]
+
+    def commands(operation):  # less the loader's, the probe's and the id blocks' own commands
+        return {name: calls for name, calls in measured[operation]["inner_calls_per_call"].items()
+                if not name.startswith(("config", "script", "incrby"))}
+
+    twins = [name for name in measured if name.endswith(" (flat twin)")]
+    assert len(twins) == 7, sorted(measured)
+    for twin in twins:
+        assert commands(twin) == commands(twin.removesuffix(" (flat twin)")), twin
+    assert "| page 1 | " in finished.stdout and "flat twin" in finished.stdout
+
+
 def test_stack_cost_drives_both_sides_under_gunicorn():
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
