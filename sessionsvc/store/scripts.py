@@ -373,7 +373,9 @@ local function walk(index, user, first, want, budget, chunk, check_death, foreig
       if record and user ~= '' and record[2] ~= user then
         foreign[#foreign + 1] = n
       elseif record then
-        record[10] = sealed
+        -- (Only a token is stored: in Lua 5.1 storing nil under a new key still makes
+        -- room for it, a rehash of the table: 4 % of a page's instructions.)
+        if sealed then record[10] = sealed end
         records[#records + 1] = record
         if #records == want then return records, false end
       end
@@ -606,30 +608,31 @@ _CURRENT = """
 local batch, user = tonumber(ARGV[3]), ARGV[2]
 local index = all_key
 if user ~= '' then index = user_key(user) end
-local foreign = {}
--- The first entry is the answer unless its record is gone, dead or another user's: it is
--- read alone first (no count of dead entries is needed: each record read is checked).
--- Otherwise prune a batch (on the primary: a retry converges) and walk from the top, 16
--- entries at a time; the budget (the first read included) passes over every dead entry
--- while at most DEAD_WINDOW wait.
+-- The top entry is the answer unless its record is gone, dead or another user's: it is
+-- read alone (no count of dead entries is needed: the record read is checked). Otherwise
+-- prune a batch (on the primary: a retry converges) and walk from the top, 16 entries at
+-- a time; the budget (the top entry included) passes over every dead entry while at most
+-- DEAD_WINDOW wait.
 local token = ARGV[4] ~= '0'
-local function load_with_token(n, check_death) return load(n, check_death, token) end
-local records, ended = walk(index, user, 0, 1, 1, 1, true, foreign, load_with_token)
-if not records[1] and not ended then
-  -- pieces: prune
+local foreign = {}
+local top = redis.call('ZREVRANGE', index, 0, 0)[1]
+if not top then return {ReadReply.ANSWERED, now, foreign} end
+local record, sealed = load(top, true, token)
+if not record or (user ~= '' and record[2] ~= user) then
+  -- pieces: prune walk heal
   if batch > 0 then prune(batch) end
-  foreign = {}
-  records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET - 1, 16, true, foreign,
-                        load_with_token)
+  local function load_with_token(n, check_death) return load(n, check_death, token) end
+  local records, ended = walk(index, user, 0, 1, DEAD_WINDOW + WALK_BUDGET - 1, 16, true, foreign,
+                              load_with_token)
+  heal(user, foreign, batch)
+  record = records[1]
+  if not record then
+    if ended then return {ReadReply.ANSWERED, now, foreign} end
+    return {ReadReply.CATCHING_UP, now, foreign}
+  end
+  sealed = record[10]
+  record[10] = nil
 end
-heal(user, foreign, batch)
-local record = records[1]
-if not record then
-  if ended then return {ReadReply.ANSWERED, now, foreign} end
-  return {ReadReply.CATCHING_UP, now, foreign}
-end
-local sealed = record[10]
-record[10] = nil
 if ARGV[4] == '0' then return {ReadReply.ANSWERED, now, foreign, record} end
 if ARGV[4] == '1' then count_reveal(record[1], record) end
 return {ReadReply.ANSWERED, now, foreign, record, sealed}
@@ -685,9 +688,7 @@ elseif size <= WALK_BUDGET then
 end
 heal(user, foreign, batch)
 if #records < want and not ended then return {ReadReply.CATCHING_UP, now, 0, foreign} end
-local reply = {ReadReply.ANSWERED, now, total, foreign}
-for i = skip + 1, math.min(#records, skip + limit) do reply[#reply + 1] = records[i] end
-return reply
+return {ReadReply.ANSWERED, now, total, foreign, unpack(records, skip + 1, math.min(#records, skip + limit))}
 """
 
 # ARGV: root, n, events maxlen -> 1 deleted | 0 not held
