@@ -282,6 +282,7 @@ def worker(args: argparse.Namespace) -> dict:
                                                                         DUE_BATCH]),
     }
     store.load_scripts()
+    counter = Callgrind(args.callgrind_pid, Path(args.callgrind_dir)) if args.callgrind_pid else None
     print("ready", flush=True)
     current_round = None
     for line in sys.stdin:
@@ -292,8 +293,11 @@ def worker(args: argparse.Namespace) -> dict:
             created.clear()
             twin_created.clear()
         client.config_resetstat()
+        if counter:
+            counter.zero()
         for i in range(args.calls):
             calls[name](i)
+        instructions = counter.read() / args.calls if counter else None
         stats = client.info("commandstats")
         script = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
         inner = {key[len("cmdstat_"):]: round(value["usec"] / max(script["calls"], 1), 2)
@@ -303,7 +307,8 @@ def worker(args: argparse.Namespace) -> dict:
                         for key, value in stats.items()
                         if key not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info") and value["calls"]}
         print(json.dumps({"calls": script["calls"], "usec_per_call": round(script["usec"] / max(script["calls"], 1), 2),
-                          "inner_usec_per_call": inner, "inner_calls_per_call": calls_inside}), flush=True)
+                          "inner_usec_per_call": inner, "inner_calls_per_call": calls_inside,
+                          "instructions_per_call": instructions}), flush=True)
     client.close()
     return {}
 
@@ -333,28 +338,60 @@ def structures(client, root: str, records: int) -> dict[str, float]:
 # --- the parent: the server, the sides, the rounds ----------------------------------------------
 
 
+CALLGRIND_OUT = "callgrind.out"
+
+
+class Callgrind:
+    """Instructions a redis-server under callgrind ran inside `evalShaCommand` (the script
+    calls, their commands included) between `zero` and `read`: a count that does not move
+    with the machine's load, as a µs figure does (valgrind's CPU model: no cache misses, so
+    it counts work, not the cost of 1M records' worth of memory)."""
+
+    def __init__(self, pid: int, workdir: Path):
+        self.pid, self.workdir = str(pid), workdir
+
+    def _control(self, flag: str) -> None:
+        subprocess.run(["callgrind_control", flag, self.pid], check=True, capture_output=True, timeout=120)
+
+    def zero(self) -> None:
+        self._control("--zero")
+
+    def read(self) -> int:
+        before = set(self.workdir.glob(CALLGRIND_OUT + ".*"))
+        self._control("--dump")
+        dump = max(set(self.workdir.glob(CALLGRIND_OUT + ".*")) - before, key=lambda path: path.stat().st_mtime)
+        for line in dump.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {dump}")
+
+
 @contextlib.contextmanager
-def private_redis(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]:
-    """A redis-server of our own on a free loopback port, no persistence; yields its URL."""
+def private_redis(workdir: Path, options: tuple[str, ...] = (), callgrind: bool = False) -> Iterator[tuple[str, int]]:
+    """A redis-server of our own on a free loopback port, no persistence; yields its URL and
+    its process id. `callgrind`: run under valgrind's callgrind, counting only inside
+    `evalShaCommand` (see `Callgrind`)."""
     import redis
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    under = ["valgrind", "--tool=callgrind", "--toggle-collect=evalShaCommand",
+             f"--callgrind-out-file={workdir / CALLGRIND_OUT}"] if callgrind else []
     process = subprocess.Popen(
-        [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
+        [*under, shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
          *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     try:
-        for _ in range(200):
+        for _ in range(1200 if callgrind else 200):
             with contextlib.suppress(redis.ConnectionError):
                 if client.ping():
                     break
             time.sleep(0.05)
         else:
             raise RuntimeError("private redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", process.pid
     finally:
         client.close()
         process.terminate()
@@ -364,7 +401,8 @@ def private_redis(workdir: Path, options: tuple[str, ...] = ()) -> Iterator[str]
 def worker_command(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> list:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", action, "--tree", tree, "--url", url,
             "--prefix", prefix, "--key", key, "--records", str(options.records), "--users", str(options.users),
-            "--token-chars", str(options.token_chars), "--calls", str(options.calls)]
+            "--token-chars", str(options.token_chars), "--calls", str(options.calls),
+            "--callgrind-dir", str(options.callgrind_dir), "--callgrind-pid", str(options.callgrind_pid or 0)]
 
 
 WORKER_ENV = {name: value for name, value in os.environ.items() if not name.startswith("SESSIONSVC_")}
@@ -389,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-only", action="store_true", help="load and measure memory, no script timing")
     parser.add_argument("--redis-option", action="append", default=[],
                         help="a redis-server setting, e.g. 'hash-max-listpack-value 1024'")
+    parser.add_argument("--instructions", action="store_true",
+                        help="run redis-server under callgrind and count instructions per script call as well "
+                             "(repeatable on a busy machine; slow: use --records in the thousands)")
     parser.add_argument("--out", help="write the JSON report here too")
     # the worker's own arguments
     parser.add_argument("--worker", choices=("seed", "probe"), help=argparse.SUPPRESS)
@@ -396,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--callgrind-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--callgrind-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         result = worker(args)
@@ -420,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         key = generate_key("bench")
         report: dict = {"records": args.records, "users": args.users, "token_chars": args.token_chars,
                         "calls": args.calls, "rounds": args.rounds, "redis_options": args.redis_option, "sides": {}}
-        with private_redis(Path(directory), options) as url:
+        args.callgrind_dir = directory
+        with private_redis(Path(directory), options, callgrind=args.instructions) as (url, pid):
+            args.callgrind_pid = pid if args.instructions else None
             import redis
             report["redis_version"] = redis.Redis.from_url(url).info("server")["redis_version"]
             prefixes = {side: f"cost{index}" for index, side in enumerate(sides)}
@@ -465,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
                     name: statistics.median(r[name]["usec_per_call"] for r in data["rounds"])
                     for name in data["rounds"][0]
                 }
+                if args.instructions:
+                    data["median_instructions_per_call"] = {
+                        name: statistics.median(r[name]["instructions_per_call"] for r in data["rounds"])
+                        for name in data["rounds"][0]
+                    }
     print_report(report)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
@@ -487,6 +537,15 @@ def print_twins(data: dict) -> None:
         commands = sum(usec for command, usec in inner.items() if not command.startswith(("config", "script")))
         print(f"| {name} | {script:.1f} | {flat:.1f} | {script - flat:.1f} ({(script - flat) / script:.0%}) "
               f"| {flat - floor:.1f} | {commands:.1f} |")
+    counts = data.get("median_instructions_per_call")
+    if counts:
+        print("\nthe same in Redis's instructions per call (callgrind)")
+        print("| script | script | flat twin | the script's own Lua | twin − `return 1` |")
+        print("|---|---:|---:|---:|---:|")
+        for name in FLAT_TWINS:
+            script, flat = counts[name], counts[name + TWIN]
+            print(f"| {name} | {script:,.0f} | {flat:,.0f} | {script - flat:,.0f} ({(script - flat) / script:.0%}) "
+                  f"| {flat - counts[OPERATIONS[0]]:,.0f} |")
 
 
 def print_report(report: dict) -> None:
@@ -499,6 +558,13 @@ def print_report(report: dict) -> None:
         for name in OPERATIONS:
             cells = " | ".join(f"{report['sides'][side]['median_usec_per_call'][name]:.1f}" for side in sides)
             print(f"| {name} | {cells} |")
+        if all("median_instructions_per_call" in report["sides"][side] for side in sides):
+            print("\n| script | " + " | ".join(f"{side} instructions/call" for side in sides)
+                  + (" | change |" if len(sides) == 2 else " |"))
+            for name in OPERATIONS:
+                counts = [report["sides"][side]["median_instructions_per_call"][name] for side in sides]
+                change = f" | {counts[-1] / counts[0] - 1:+.1%}" if len(counts) == 2 else ""
+                print(f"| {name} | " + " | ".join(f"{count:,.0f}" for count in counts) + change + " |")
         print_twins(report["sides"]["this tree"])
         for side in sides:
             print(f"\n{side}: commands inside each script (last round, µs per script call)")

@@ -149,6 +149,21 @@ def test_each_flat_twin_runs_the_same_redis_commands_as_its_script(tmp_path):
     assert "| page 1 | " in finished.stdout and "flat twin" in finished.stdout
 
 
+def test_redis_cost_counts_redis_instructions_per_script_under_callgrind(tmp_path):
+    if REDIS_SERVER is None or shutil.which("valgrind") is None:
+        pytest.skip("needs redis-server and valgrind")
+    out = tmp_path / "cost.json"
+    command = [sys.executable, "bench/redis_cost.py", "--records", "100", "--users", "10", "--calls", "5",
+               "--rounds", "1", "--instructions", "--out", str(out)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    counts = json.loads(out.read_text())["sides"]["this tree"]["median_instructions_per_call"]
+    floor = counts["EVALSHA of `return 1`"]
+    assert floor > 0 and all(count > floor for name, count in counts.items() if name != "EVALSHA of `return 1`"), counts
+    assert counts["page 1"] > counts["page 1 (flat twin)"] > counts["validity"], counts
+    assert "instructions/call" in finished.stdout
+
+
 def test_stack_cost_drives_both_sides_under_gunicorn():
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
