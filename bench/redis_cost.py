@@ -27,18 +27,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -366,36 +362,18 @@ class Callgrind:
         raise RuntimeError(f"no totals in {dump}")
 
 
-@contextlib.contextmanager
-def private_redis(workdir: Path, options: tuple[str, ...] = (), callgrind: bool = False) -> Iterator[tuple[str, int]]:
-    """A redis-server of our own on a free loopback port, no persistence; yields its URL and
-    its process id. `callgrind`: run under valgrind's callgrind, counting only inside
-    `evalShaCommand` (see `Callgrind`)."""
-    import redis
+def private_redis(workdir: Path, options: tuple[str, ...] = (), callgrind: bool = False):
+    """A redis-server of our own (tests.redis_server's) on a free loopback port, no
+    persistence. `callgrind`: run under valgrind's callgrind, counting only inside
+    `evalShaCommand` (see `Callgrind`); its process is then valgrind's."""
+    from tests.redis_server import RedisServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    under = ["valgrind", "--tool=callgrind", "--toggle-collect=evalShaCommand",
-             f"--callgrind-out-file={workdir / CALLGRIND_OUT}"] if callgrind else []
-    process = subprocess.Popen(
-        [*under, shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
-         *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    try:
-        for _ in range(1200 if callgrind else 200):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("private redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0", process.pid
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(10)
+    class UnderCallgrind(RedisServer):
+        def command(self) -> list[str]:
+            return ["valgrind", "--tool=callgrind", "--toggle-collect=evalShaCommand",
+                    f"--callgrind-out-file={workdir / CALLGRIND_OUT}", *super().command()]
+
+    return (UnderCallgrind if callgrind else RedisServer)(workdir, *options)
 
 
 def worker_command(tree: str, url: str, prefix: str, key: str, action: str, options: argparse.Namespace) -> list:
@@ -464,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         report: dict = {"records": args.records, "users": args.users, "token_chars": args.token_chars,
                         "calls": args.calls, "rounds": args.rounds, "redis_options": args.redis_option, "sides": {}}
         args.callgrind_dir = directory
-        with private_redis(Path(directory), options, callgrind=args.instructions) as (url, pid):
-            args.callgrind_pid = pid if args.instructions else None
+        with private_redis(Path(directory), options, callgrind=args.instructions) as server:
+            url = server.url
+            args.callgrind_pid = server.process.pid if args.instructions else None
             import redis
             report["redis_version"] = redis.Redis.from_url(url).info("server")["redis_version"]
             prefixes = {side: f"cost{index}" for index, side in enumerate(sides)}
