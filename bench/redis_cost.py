@@ -61,6 +61,12 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local now_ms = string.format('%d', now)
 """
+# A save's TTL and four index entries, as create's and refresh's twins write them.
+TWIN_INDEX = """redis.call('PEXPIREAT', key, ARGV[6])
+redis.call('ZADD', root .. ':all:' .. gen, save, n)
+redis.call('ZADD', root .. ':u:' .. gen .. ':' .. user, save, n)
+redis.call('ZADD', root .. ':exp:' .. gen, ARGV[6], member)
+redis.call('ZADD', root .. ':due:' .. gen, ARGV[5] * 1000, member)"""
 RECORD_FIELDS = "'u', 'p', 'e', 's', 'c', 'o', 'rc', 'rl', 'g'"
 TOKEN_FIELDS = "'k', " + ", ".join(["'t'"] + [f"'t{i}'" for i in range(1, 16)])
 FLAT_TWINS = {
@@ -112,11 +118,7 @@ local save = redis.call('INCR', root .. ':saves')
 local saved = math.floor(now / 1000)
 redis.call('HSET', key, 'u', user, 'p', ARGV[4], 'e', ARGV[5], 's', saved, 'c', saved, 'o', save, 'g', gen,
            'k', (#ARGV - 10) / 2, unpack(ARGV, 11))
-redis.call('PEXPIREAT', key, ARGV[6])
-redis.call('ZADD', root .. ':all:' .. gen, save, n)
-redis.call('ZADD', root .. ':u:' .. gen .. ':' .. user, save, n)
-redis.call('ZADD', root .. ':exp:' .. gen, ARGV[6], member)
-redis.call('ZADD', root .. ':due:' .. gen, ARGV[5] * 1000, member)
+""" + TWIN_INDEX + """
 redis.call('XADD', root .. ':events', 'MAXLEN', '~', ARGV[7], '*', 'type', 'created', 'n', n, 'u', user,
            'e', ARGV[5])
 redis.call('EXISTS', root .. ':reclaim')
@@ -134,11 +136,7 @@ local save = redis.call('INCR', root .. ':saves')
 local saved = math.floor(now / 1000)
 redis.call('HSET', key, 'u', user, 'p', ARGV[4], 'e', ARGV[5], 's', saved, 'o', save, 'g', gen,
            'k', (#ARGV - 10) / 2, unpack(ARGV, 11))
-redis.call('PEXPIREAT', key, ARGV[6])
-redis.call('ZADD', root .. ':all:' .. gen, save, n)
-redis.call('ZADD', root .. ':u:' .. gen .. ':' .. user, save, n)
-redis.call('ZADD', root .. ':exp:' .. gen, ARGV[6], member)
-redis.call('ZADD', root .. ':due:' .. gen, ARGV[5] * 1000, member)
+""" + TWIN_INDEX + """
 redis.call('XADD', root .. ':events', 'MAXLEN', '~', ARGV[7], '*', 'type', 'refreshed', 'n', n, 'u', user,
            'e', ARGV[5])
 redis.call('ZRANGEBYSCORE', root .. ':exp:' .. gen, '-inf', now_ms, 'LIMIT', 0, ARGV[8])

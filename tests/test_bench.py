@@ -112,15 +112,19 @@ def test_app_cost_times_both_apps_on_every_endpoint():
     assert rows == ENDPOINTS, finished.stdout
 
 
+def redis_cost(tmp_path, *arguments: str) -> tuple[str, dict]:
+    """bench/redis_cost.py run small, once: its printout and its report on this tree."""
+    out = tmp_path / "cost.json"
+    command = [sys.executable, "bench/redis_cost.py", "--rounds", "1", "--out", str(out), *arguments]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    return finished.stdout, json.loads(out.read_text())["sides"]["this tree"]
+
+
 def test_redis_cost_reads_redis_time_per_script_and_bytes_per_record(tmp_path):
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
-    out = tmp_path / "cost.json"
-    command = [sys.executable, "bench/redis_cost.py", "--records", "300", "--users", "30", "--calls", "5",
-               "--rounds", "1", "--out", str(out)]
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    side = json.loads(out.read_text())["sides"]["this tree"]
+    _, side = redis_cost(tmp_path, "--records", "300", "--users", "30", "--calls", "5")
     assert all(value > 0 for value in side["median_usec_per_call"].values()), side["median_usec_per_call"]
     assert side["memory"]["structures"]["record_encoding"] == {"listpack": 100}
     assert side["memory"]["bytes_per_record"] > side["memory"]["sealed_bytes"]
@@ -131,12 +135,8 @@ def test_each_flat_twin_runs_the_same_redis_commands_as_its_script(tmp_path):
     would make "the script's own Lua" in docs/benchmarks.md measure something else."""
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS_REASON)
-    out = tmp_path / "cost.json"
-    command = [sys.executable, "bench/redis_cost.py", "--records", "300", "--users", "30", "--calls", "20",
-               "--rounds", "1", "--out", str(out)]
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    measured = json.loads(out.read_text())["sides"]["this tree"]["rounds"][0]
+    printed, side = redis_cost(tmp_path, "--records", "300", "--users", "30", "--calls", "20")
+    measured = side["rounds"][0]
 
     def commands(operation):  # less the loader's, the probe's and the id blocks' own commands
         return {name: calls for name, calls in measured[operation]["inner_calls_per_call"].items()
@@ -146,22 +146,18 @@ def test_each_flat_twin_runs_the_same_redis_commands_as_its_script(tmp_path):
     assert len(twins) == 7, sorted(measured)
     for twin in twins:
         assert commands(twin) == commands(twin.removesuffix(" (flat twin)")), twin
-    assert "| page 1 | " in finished.stdout and "flat twin" in finished.stdout
+    assert "| page 1 | " in printed and "flat twin" in printed
 
 
 def test_redis_cost_counts_redis_instructions_per_script_under_callgrind(tmp_path):
     if REDIS_SERVER is None or shutil.which("valgrind") is None:
         pytest.skip("needs redis-server and valgrind")
-    out = tmp_path / "cost.json"
-    command = [sys.executable, "bench/redis_cost.py", "--records", "100", "--users", "10", "--calls", "5",
-               "--rounds", "1", "--instructions", "--out", str(out)]
-    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    counts = json.loads(out.read_text())["sides"]["this tree"]["median_instructions_per_call"]
+    printed, side = redis_cost(tmp_path, "--records", "100", "--users", "10", "--calls", "5", "--instructions")
+    counts = side["median_instructions_per_call"]
     floor = counts["EVALSHA of `return 1`"]
     assert floor > 0 and all(count > floor for name, count in counts.items() if name != "EVALSHA of `return 1`"), counts
     assert counts["page 1"] > counts["page 1 (flat twin)"] > counts["validity"], counts
-    assert "instructions/call" in finished.stdout
+    assert "instructions/call" in printed
 
 
 def test_stack_cost_drives_both_sides_under_gunicorn():
