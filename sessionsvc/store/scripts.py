@@ -688,7 +688,9 @@ elseif size <= WALK_BUDGET then
 end
 heal(user, foreign, batch)
 if #records < want and not ended then return {ReadReply.CATCHING_UP, now, 0, foreign} end
-return {ReadReply.ANSWERED, now, total, foreign, unpack(records, skip + 1, math.min(#records, skip + limit))}
+local reply = {ReadReply.ANSWERED, now, total, foreign}
+for i = skip + 1, math.min(#records, skip + limit) do reply[#reply + 1] = records[i] end
+return reply
 """
 
 # ARGV: root, n, events maxlen -> 1 deleted | 0 not held
